@@ -1,0 +1,32 @@
+"""wrcli: dense, sharp features from frozen vision foundation models with Weighted Reverse Convolution.
+
+The public API is small and imported lazily so that ``import wrcli`` (and ``wrc --help``) stays instant:
+
+>>> from wrcli import load_backbone, load_upsampler
+>>> backbone = load_backbone("vit_small_patch14_dinov2", weights="dinov2_vits14.safetensors")
+>>> upsampler = load_upsampler("wrc", backbone=backbone)
+>>> feats = backbone(images)                      # (B, C, h, w) patch features
+>>> dense = upsampler.upsample(feats, images, scale=2)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "Backbone", "load_backbone", "load_upsampler", "save_upsampler", "list_upsamplers"]
+
+_LAZY = {
+    "Backbone": "wrcli.backbones",
+    "load_backbone": "wrcli.backbones",
+    "load_upsampler": "wrcli.models",
+    "save_upsampler": "wrcli.models",
+    "list_upsamplers": "wrcli.models",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'wrcli' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from wrcli.cli import main
+
+main()
