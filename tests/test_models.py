@@ -1,0 +1,307 @@
+"""Upsampler modules: architecture size, shapes, the upsample() contract, baselines, gradients, dtypes."""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wrcli.errors import WrcError
+from wrcli.models import (
+    Upsampler,
+    WRCLayer,
+    WRCUpsampler,
+    create_upsampler,
+    list_upsamplers,
+    load_upsampler,
+)
+
+C = 8  # small channel count for speed (the guidance branch keeps its 32 channels)
+REGISTRY = ["wrc", "wrc-exact", "wrc-converse", "nearest", "bilinear", "bicubic", "transposed", "converse2d"]
+LEARNED_WRC = ["wrc", "wrc-exact", "wrc-converse"]
+INTERPOLATIONS = ["nearest", "bilinear", "bicubic"]
+
+
+def inputs(b=1, c=C, h=3, w=4, patch=14, dtype=torch.float32):
+    return torch.randn(b, c, h, w, dtype=dtype), torch.randn(b, 3, h * patch, w * patch)
+
+
+def make(name, c=C, patch=14, **options):
+    return create_upsampler(name, c, patch, **options)
+
+
+# ---------------------------------------------------------------------------------------------------
+# architecture
+# ---------------------------------------------------------------------------------------------------
+def test_wrc_parameter_count_matches_paper():
+    m = WRCUpsampler(384, 14)
+    total = m.num_parameters()
+    layer = sum(p.numel() for p in m.wrc.parameters())
+    print(f"\nWRCUpsampler(384, 14): {total:,} parameters; WRC layer: {layer:,} on {m.mid_channels} channels")
+    assert 3.95e6 <= total <= 4.0e6
+    assert total == 3_979_216
+    assert m.mid_channels == 208 and m.wrc.channels == 208
+    assert layer == 779_792  # 2·208²·9 + 208·4 + 208
+    assert m.wrc.weight.shape == (1, 208, 2, 2) and m.wrc.bias.shape == (1, 208, 1, 1)
+    assert m.config["parameters"] == total
+
+
+def test_wrc_layer_parameters_and_init():
+    layer = WRCLayer(16)
+    assert layer.weight.shape == (1, 16, 2, 2)
+    assert torch.all(layer.weight > 0)
+    torch.testing.assert_close(layer.weight.sum(dim=(-1, -2)), torch.ones(1, 16))
+    assert torch.equal(layer.bias, torch.zeros(1, 16, 1, 1))
+    assert layer.w_conv_low.weight.shape == (16, 16, 3, 3) and layer.w_conv_low.bias is None
+    assert layer.w_conv_high.weight.shape == (16, 16, 3, 3) and layer.w_conv_high.bias is None
+    conv = WRCLayer(16, solver="converse")
+    assert {n for n, _ in conv.named_parameters()} == {"weight", "bias"}
+    with pytest.raises(ValueError, match="solver"):
+        WRCLayer(4, solver="nope")
+    with pytest.raises(ValueError, match="centre"):
+        WRCLayer(4, centre="middle")
+
+
+@pytest.mark.parametrize("solver", ["official", "exact", "converse"])
+def test_wrc_layer_208_channels(solver):
+    layer = WRCLayer(208, solver=solver).eval()
+    y = torch.randn(1, 208, 5, 7)
+    with torch.no_grad():
+        out = layer(y)
+    assert out.shape == (1, 208, 10, 14) and torch.isfinite(out).all()
+
+
+def test_wrc_layer_centre_option_changes_official_output():
+    torch.manual_seed(1)
+    a = WRCLayer(4).eval()
+    b = WRCLayer(4, centre="kernel").eval()
+    b.load_state_dict(a.state_dict())
+    y = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        assert not torch.allclose(a(y), b(y))
+
+
+@pytest.mark.parametrize(
+    "patch,b,h,w",
+    [(8, 1, 4, 4), (14, 2, 4, 4), (16, 1, 4, 4), (14, 1, 3, 5), (14, 3, 5, 3), (8, 2, 3, 7), (16, 2, 5, 2)],
+)
+def test_wrc_shapes(patch, b, h, w):
+    m = WRCUpsampler(C, patch).eval()
+    feats, img = inputs(b, C, h, w, patch)
+    with torch.no_grad():
+        out = m(feats, img)
+    assert out.shape == (b, C, 2 * h, 2 * w) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("image_hw", [(50, 70), (30, 30), (100, 61)])
+def test_wrc_any_image_size(image_hw):
+    """The image branch is brought to the 2× token grid whatever the image size."""
+    m = WRCUpsampler(C, 14).eval()
+    feats = torch.randn(1, C, 4, 5)
+    with torch.no_grad():
+        out = m(feats, torch.randn(1, 3, *image_hw))
+    assert out.shape == (1, C, 8, 10)
+
+
+def test_to_double_grid_rule():
+    g = torch.randn(1, 2, 8, 10)
+    assert WRCUpsampler.to_double_grid(g, 4, 5) is g  # already (2h, 2w): patch 8
+    g16 = torch.randn(1, 2, 16, 20)  # (4h, 4w): patch 16 → max-pool only
+    assert torch.equal(WRCUpsampler.to_double_grid(g16, 4, 5), F.max_pool2d(g16, 2))
+    g14 = torch.randn(1, 2, 14, 17)  # patch 14: bilinear to (4h, 4w), then max-pool
+    expect = F.max_pool2d(F.interpolate(g14, size=(16, 20), mode="bilinear", align_corners=False), 2)
+    assert torch.equal(WRCUpsampler.to_double_grid(g14, 4, 5), expect)
+
+
+# ---------------------------------------------------------------------------------------------------
+# registry
+# ---------------------------------------------------------------------------------------------------
+def test_registry_lists_all_names_with_descriptions():
+    table = list_upsamplers()
+    for name in REGISTRY:
+        assert name in table and isinstance(table[name], str) and table[name] and "\n" not in table[name]
+
+
+def test_registry_attributes():
+    for name in REGISTRY:
+        m = make(name)
+        assert isinstance(m, Upsampler) and m.name == name and m.config["architecture"] == name
+    assert make("wrc").solver == "official" and make("wrc-exact").solver == "exact"
+    assert make("wrc-converse").solver == "converse"
+    assert make("wrc").guided and not make("transposed").guided and not make("bilinear").guided
+    assert make("wrc").native_scale == 2 and make("converse2d").native_scale == 2 and make("nearest").native_scale is None
+
+
+def test_unknown_name_lists_known():
+    with pytest.raises(WrcError, match="known: .*wrc.*bilinear"):
+        load_upsampler("lanczos")
+    with pytest.raises(WrcError, match="known"):
+        create_upsampler("lanczos", 4)
+
+
+def test_learned_without_channels_is_an_error():
+    with pytest.raises(WrcError, match="channel"):
+        load_upsampler("wrc")
+
+
+def test_load_untrained_warns_and_uses_backbone():
+    bb = SimpleNamespace(name="dinov2_vits14", arch="vit_small_patch14_dinov2", patch_size=14, channels=C, embed_dim=C)
+    with pytest.warns(UserWarning, match="untrained"):
+        m = load_upsampler("wrc", backbone=bb)
+    assert m.channels == C and m.patch_size == 14 and not m.training
+    assert m.config["backbone"] == {"name": "dinov2_vits14", "arch": "vit_small_patch14_dinov2"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_upsampler("bilinear")  # parameter-free: no warning
+    with pytest.raises(WrcError, match="disagrees"):
+        load_upsampler("wrc", backbone=bb, channels=C + 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# upsample(): scales and sizes for every entry
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", REGISTRY)
+def test_upsample_scales_and_sizes(name):
+    m = make(name).eval()
+    feats, img = inputs(2, C, 3, 4)
+    with torch.no_grad():
+        for s in (2, 4, 8):
+            assert m.upsample(feats, img, scale=s).shape == (2, C, 3 * s, 4 * s)
+        assert m.upsample(feats, img, size=(37, 50)).shape == (2, C, 37, 50)
+        assert m.upsample(feats, img, size=9).shape == (2, C, 9, 9)
+        assert m.upsample(feats, img, scale=1.5).shape == (2, C, 4, 6)
+        out = m.upsample(feats, img, scale=1)
+        assert torch.equal(out, feats)
+
+
+def test_learned_upsample_passes_and_guidance_resize():
+    m = make("wrc").eval()
+    seen = []
+    real_forward = m.forward
+
+    def spy(features, image):
+        seen.append((tuple(features.shape[-2:]), tuple(image.shape[-2:])))
+        return real_forward(features, image)
+
+    m.forward = spy
+    feats, img = inputs(1, C, 3, 4)
+    with torch.no_grad():
+        out8 = m.upsample(feats, img, scale=8)
+        assert seen == [((3, 4), (42, 56)), ((6, 8), (84, 112)), ((12, 16), (168, 224))]
+        seen.clear()
+        # (37, 50) needs 4 passes (3×4 → 48×64 ≥ 37×50), then one antialiased bilinear shrink
+        out = m.upsample(feats, img, size=(37, 50))
+        assert len(seen) == 4
+        seen.clear()
+        full = m.upsample(feats, img, scale=16)
+        torch.testing.assert_close(
+            out, F.interpolate(full, size=(37, 50), mode="bilinear", align_corners=False, antialias=True)
+        )
+        # exact ×2 multiples take no final resize
+        seen.clear()
+        m.forward = real_forward
+        img2 = F.interpolate(img, size=(84, 112), mode="bilinear", align_corners=False)
+        img4 = F.interpolate(img2, size=(168, 224), mode="bilinear", align_corners=False)
+        assert torch.equal(m(m(m(feats, img), img2), img4), out8)
+
+
+def test_target_not_larger_than_input_takes_no_pass():
+    m = make("wrc").eval()
+    feats, img = inputs(1, C, 6, 6)
+    out = m.upsample(feats, img, size=(4, 5))
+    ref = F.interpolate(feats, size=(4, 5), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("mode", INTERPOLATIONS)
+@pytest.mark.parametrize("size", [(6, 8), (12, 16), (24, 32), (37, 50), (2, 3), (5, 9)])
+def test_interpolations_equal_f_interpolate(mode, size):
+    feats = torch.randn(2, 5, 3, 4)
+    out = create_upsampler(mode).upsample(feats, size=size)
+    if mode == "nearest":
+        ref = F.interpolate(feats, size=size, mode="nearest-exact")
+    else:
+        shrink = size[0] < 3 or size[1] < 4
+        ref = F.interpolate(feats, size=size, mode=mode, align_corners=False, antialias=shrink)
+    assert torch.equal(out, ref)
+
+
+def test_interpolation_forward_is_x2_and_any_channels():
+    m = create_upsampler("bicubic", 384, 14)
+    feats = torch.randn(1, 7, 3, 5)  # channel-agnostic
+    assert torch.equal(m(feats), F.interpolate(feats, size=(6, 10), mode="bicubic", align_corners=False))
+    assert torch.equal(create_upsampler("nearest")(feats), feats.repeat_interleave(2, -2).repeat_interleave(2, -1))
+
+
+def test_untrained_transposed_equals_nearest():
+    m = make("transposed", c=6)
+    feats = torch.randn(2, 6, 5, 3)
+    nearest = feats.repeat_interleave(2, -2).repeat_interleave(2, -1)
+    with torch.no_grad():
+        assert torch.equal(m(feats), nearest)
+        assert torch.equal(m.upsample(feats, scale=4), create_upsampler("nearest").upsample(feats, scale=4))
+
+
+# ---------------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------------
+def test_upsample_argument_errors():
+    m = make("wrc")
+    feats, img = inputs()
+    with pytest.raises(ValueError, match="scale must be"):
+        m.upsample(feats, img, scale=0.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        m.upsample(feats, img, scale=2, size=(6, 8))
+    with pytest.raises(ValueError, match="exactly one"):
+        m.upsample(feats, img)
+    with pytest.raises(ValueError, match="image-guided"):
+        m.upsample(feats, scale=2)
+    with pytest.raises(ValueError, match="expects 8-channel features, got 9"):
+        m.upsample(torch.randn(1, 9, 3, 4), img, scale=2)
+    with pytest.raises(ValueError, match="size"):
+        m.upsample(feats, img, size=(0, 4))
+    with pytest.raises(ValueError, match="batch"):
+        m.upsample(torch.randn(2, C, 3, 4), img, scale=2)
+    with pytest.raises(ValueError, match=r"\(B, C, h, w\)"):
+        m.upsample(torch.randn(C, 3, 4), img, scale=2)
+    with pytest.raises(ValueError, match="expects"):
+        make("transposed").upsample(torch.randn(1, C + 1, 3, 4), scale=2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# training behaviour, determinism, precision
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", LEARNED_WRC + ["transposed", "converse2d"])
+def test_gradients_reach_all_parameters(name):
+    m = make(name).train()
+    feats, img = inputs(2, C, 3, 4)
+    m.upsample(feats, img, scale=2).square().mean().backward()
+    for n, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+        assert p.grad.abs().sum() > 0, n
+
+
+@pytest.mark.parametrize("name", REGISTRY)
+def test_eval_determinism(name):
+    m = make(name).eval()
+    feats, img = inputs(2, C, 3, 4)
+    with torch.no_grad():
+        assert torch.equal(m.upsample(feats, img, size=(11, 13)), m.upsample(feats, img, size=(11, 13)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", REGISTRY)
+def test_reduced_precision_features_keep_dtype(name, dtype):
+    m = make(name).eval()
+    feats, img = inputs(1, C, 3, 4, dtype=dtype)
+    with torch.no_grad():
+        ref = m.upsample(feats.float(), img, scale=2)
+        for kw in ({"scale": 2}, {"scale": 4}, {"size": (5, 7)}):
+            out = m.upsample(feats, img, **kw)
+            assert out.dtype == dtype and torch.isfinite(out.float()).all()
+        out = m.upsample(feats, img, scale=2)
+    tol = 2e-2 if dtype == torch.float16 else 8e-2
+    torch.testing.assert_close(out.float(), ref, atol=tol * ref.abs().max().item(), rtol=tol)

@@ -1,0 +1,168 @@
+"""The interface every upsampler implements, and the one public call that reaches any output size."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """Resize (B,C,h,w) to ``size`` in one interpolation.
+
+    ``mode`` "nearest" uses PyTorch's ``nearest-exact`` (pixel-centre aligned, equal to plain nearest for
+    integer upscaling); "bilinear"/"bicubic" use align_corners=False and antialias when either side
+    shrinks. Antialiased kernels have no fp16/bf16 CPU implementation: there the resize runs in float32
+    and the result is cast back.
+    """
+    size = (int(size[0]), int(size[1]))
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest-exact")
+    if mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"unknown interpolation mode {mode!r}")
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    if shrinking and x.device.type == "cpu" and x.dtype in _REDUCED:
+        return F.interpolate(x.float(), size=size, mode=mode, align_corners=False, antialias=True).to(x.dtype)
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrinking)
+
+
+def _as_size(size: Any) -> tuple[int, int]:
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        size = (size, size)
+    try:
+        h, w = size
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be an int or an (height, width) pair, got {size!r}") from None
+    for v in (h, w):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"size must hold positive integers, got {size!r}")
+    return int(h), int(w)
+
+
+class Upsampler(nn.Module):
+    """Base class: maps backbone patch features (B,C,h,w) — optionally guided by the image the
+    backbone saw — to a denser grid.
+
+    Class attributes:
+        name: registry name (set per instance by the registry).
+        native_scale: the factor of one ``forward`` pass (2 for the learned ×2 layers); None for
+            parameter-free interpolations, which reach any size in one step.
+        guided: whether ``forward`` needs the (normalised) backbone input image.
+        learned: whether it has trainable parameters (an uncheckpointed one is untrained).
+        channel_agnostic: whether any channel count is accepted (interpolations).
+
+    ``forward(features, image)`` is one native pass; ``upsample(...)`` is the public call.
+    """
+
+    name: str = "upsampler"
+    native_scale: int | None = 2
+    guided: bool = False
+    learned: bool = True
+    channel_agnostic: bool = False
+
+    def __init__(self, channels: int | None, patch_size: int | None = None, **options: Any) -> None:
+        super().__init__()
+        if not self.channel_agnostic and (
+            isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 1
+        ):
+            raise ValueError(f"{type(self).__name__} needs a positive channel count, got {channels!r}")
+        self.channels = None if channels is None else int(channels)
+        self.patch_size = None if patch_size is None else int(patch_size)
+        self.options: dict[str, Any] = dict(options)  # keyword options that rebuild it through the registry
+        self.backbone_info: dict[str, Any] | None = None  # {"name", "arch"} of the backbone it belongs to
+        self.provenance: dict[str, Any] | None = None  # training information (from a checkpoint)
+
+    # -- description ---------------------------------------------------------------------------
+    @property
+    def solver(self) -> str | None:
+        return None
+
+    @property
+    def centre(self) -> str | None:
+        return None
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this upsampler (plus descriptive fields), JSON-serialisable."""
+        return {
+            "architecture": self.name,
+            "solver": self.solver,
+            "centre": self.centre,
+            "scale": self.native_scale,
+            "guided": self.guided,
+            "channels": self.channels,
+            "patch_size": self.patch_size,
+            "options": dict(self.options),
+            "backbone": None if self.backbone_info is None else dict(self.backbone_info),
+            "parameters": self.num_parameters(),
+        }
+
+    # -- the public call -----------------------------------------------------------------------
+    def check_inputs(self, features: Tensor, image: Tensor | None) -> None:
+        """Raise ValueError with a clear message when the inputs cannot go through this upsampler."""
+        if not isinstance(features, Tensor) or features.dim() != 4:
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(f"features must be a (B, C, h, w) tensor, got {shape}")
+        if not self.channel_agnostic and features.shape[1] != self.channels:
+            raise ValueError(
+                f"upsampler '{self.name}' expects {self.channels}-channel features, got {features.shape[1]} "
+                f"channels; use an upsampler built for this backbone"
+            )
+        if self.guided:
+            if image is None:
+                raise ValueError(f"upsampler '{self.name}' is image-guided: pass the backbone's input image")
+            if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3:
+                shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+                raise ValueError(f"image must be a (B, 3, H, W) tensor, got {shape}")
+            if image.shape[0] != features.shape[0]:
+                raise ValueError(f"image batch {image.shape[0]} does not match features batch {features.shape[0]}")
+
+    @staticmethod
+    def target_size(hw: tuple[int, int], scale: float | None, size: Any) -> tuple[int, int]:
+        """The output (height, width) from exactly one of ``scale`` (≥ 1) or ``size``."""
+        if (scale is None) == (size is None):
+            raise ValueError("give exactly one of scale= or size=")
+        if size is not None:
+            return _as_size(size)
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale >= 1:
+            raise ValueError(f"scale must be a number ≥ 1, got {scale!r}")
+        return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
+
+    def upsample(
+        self, features: Tensor, image: Tensor | None = None, *, scale: float | None = None, size: Any = None
+    ) -> Tensor:
+        """Upsample (B,C,h,w) features by ``scale`` (×2, ×4, ×8, any real ≥ 1) or to ``size`` (h, w).
+
+        Learned ×s models run native passes until the grid covers the target (the guidance image is
+        bilinearly enlarged ×s before every pass after the first, like the authors' iterative helper),
+        then one bilinear resize (antialiased when shrinking) to the exact size. A target no larger
+        than the input takes no pass. Interpolations go to the size in one step.
+        Returns the features' dtype.
+        """
+        self.check_inputs(features, image)
+        target = self.target_size(tuple(features.shape[-2:]), scale, size)
+        x = features
+        if self.native_scale is not None:
+            guide = image
+            passes = 0
+            while x.shape[-2] < target[0] or x.shape[-1] < target[1]:
+                if passes and guide is not None:
+                    gh, gw = guide.shape[-2:]
+                    s = self.native_scale
+                    guide = F.interpolate(guide, size=(gh * s, gw * s), mode="bilinear", align_corners=False)
+                x = self(x, guide)
+                passes += 1
+        if tuple(x.shape[-2:]) != target:
+            x = resize(x, target, getattr(self, "mode", "bilinear") if self.native_scale is None else "bilinear")
+        return x
+
+    def forward(self, features: Tensor, image: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
