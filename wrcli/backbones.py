@@ -28,11 +28,10 @@ import torch
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import Tensor, nn
 
+from wrcli.defaults import DEFAULT_BACKBONE
 from wrcli.errors import WrcError
 
 __all__ = ["DEFAULT_BACKBONE", "Backbone", "load_backbone"]
-
-DEFAULT_BACKBONE = "vit_small_patch14_dinov2.lvd142m"
 
 _PROBE_TIMEOUT_S = 1.0
 _SAFE_HUB_NAMES = {
