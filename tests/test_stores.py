@@ -1,0 +1,448 @@
+"""Feature stores: round trips, resume, crash safety, concurrency, plain zarr/h5py/xarray/dask reading, disk cost."""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+from zarr.storage import LocalStore
+
+from wrcli.errors import WrcError
+from wrcli.stores import (
+    ImageRecord, StoreSpec, create_store, finalize_store, open_store, open_writer, store_format, summary,
+)
+
+SUFFIXES = [".zarr", ".h5"]
+FAILED = {2, 5}
+
+
+def make_spec(n: int = 7, shard: int = 3, dtype: str = "float16", grid: tuple[int, int, int] = (4, 6, 8),
+              **metadata) -> StoreSpec:
+    meta = {"fingerprint": "fp-1", "images_sha256": "img-1", "upsampler": "wrc", "backbone": "dinov2_vits14",
+            "scale": 4, "resize": "long-side 448", "created": "2026-01-01T00:00:00", **metadata}
+    return StoreSpec(n, *grid, dtype, shard, meta)
+
+
+def make_data(spec: StoreSpec, seed: int = 0, valid: tuple[int, int] | None = None):
+    """Features zero outside a per-image valid region, failed images all zero; unicode names with spaces."""
+    rng = np.random.default_rng(seed)
+    feats = np.zeros((spec.n_images, spec.channels, spec.height, spec.width), spec.dtype)
+    records = []
+    for i in range(spec.n_images):
+        h, w = valid or (spec.height - i % 3, spec.width - i % 4)
+        name = f"photos/été {i}/ìmage n°{i}.jpg"
+        if i in FAILED:
+            records.append(ImageRecord(name, (0, 0), (0, 0), (0, 0), f"cannot decode image {i}: truncated file"))
+            continue
+        feats[i, :, :h, :w] = rng.standard_normal((spec.channels, h, w))
+        records.append(ImageRecord(name, (h * 14 + 3, w * 14 + 1), (h * 14, w * 14), (h, w)))
+    return feats, records
+
+
+def shard_args(spec: StoreSpec, feats: np.ndarray, records: list[ImageRecord], k: int):
+    rng = spec.shard_range(k)
+    return k, feats[rng.start:rng.stop], records[rng.start:rng.stop]
+
+
+def write(path: Path, spec: StoreSpec, feats, records, shards=None, finalize: bool = True) -> None:
+    create_store(path, spec)
+    with open_writer(path, spec) as writer:
+        for k in range(spec.n_shards) if shards is None else shards:
+            writer.write_shard(*shard_args(spec, feats, records, k))
+    if finalize:
+        finalize_store(path)
+
+
+def tree_bytes(*roots: Path) -> dict[str, bytes]:
+    """Every file under the roots, by path relative to its root's parent."""
+    return {str(p.relative_to(root.parent)): p.read_bytes() for root in roots for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def store_files(path: Path) -> dict[str, bytes]:
+    return tree_bytes(path) if path.suffix == ".zarr" else tree_bytes(Path(f"{path}.parts"))
+
+
+def done(path: Path, spec: StoreSpec) -> set[int]:
+    with open_writer(path, spec) as writer:
+        return writer.done_shards()
+
+
+def assert_matches(path: Path, spec: StoreSpec, feats: np.ndarray, records: list[ImageRecord]) -> None:
+    with open_store(path) as store:
+        assert len(store) == spec.n_images and store.spec == spec
+        assert store.records == records
+        assert store.metadata["store"]["ok"] == spec.n_images - len(FAILED)
+        items = list(store)
+        assert [name for name, _ in items] == [r.name for r in records if r.ok]
+        for i, record in enumerate(records):
+            h, w = record.feat_hw
+            got = store.features(i)
+            assert got.dtype == np.dtype(spec.dtype) and got.shape == (spec.channels, h, w)
+            np.testing.assert_array_equal(got, feats[i, :, :h, :w])
+
+
+# -- round trips and plain readers -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_round_trip(tmp_path, suffix, dtype):
+    spec = make_spec(dtype=dtype)
+    feats, records = make_data(spec)
+    path = tmp_path / f"my features{suffix}"
+    write(path, spec, feats, records)
+    assert_matches(path, spec, feats, records)
+    assert finalize_store(path) == summary(path)  # idempotent
+    assert_matches(path, spec, feats, records)
+
+
+def test_store_format():
+    assert store_format("a/b.zarr") == "zarr" and store_format("x.H5") == "hdf5" and store_format("x.hdf5") == "hdf5"
+    assert store_format("x.dat", "zarr") == "zarr"
+    for bad in (("x.dat", None), ("x.zarr", "npy")):
+        with pytest.raises(WrcError, match="zarr"):
+            store_format(*bad)
+
+
+def test_explicit_format_with_odd_name(tmp_path):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / "features.store"
+    create_store(path, spec, format="zarr")
+    write(path, spec, feats, records)
+    assert summary(path)["format"] == "zarr"
+    assert_matches(path, spec, feats, records)
+
+
+def test_plain_zarr(tmp_path):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / "out.zarr"
+    write(path, spec, feats, records)
+    root = json.loads((path / "zarr.json").read_text())
+    assert root["attributes"]["wrc"]["fingerprint"] == "fp-1"  # a JSON object, not a pickle
+    assert root["consolidated_metadata"] is not None
+    group = zarr.open_group(path, mode="r")
+    arr = group["features"]
+    assert arr.shape == feats.shape and arr.dtype == np.dtype(spec.dtype)
+    assert arr.metadata.dimension_names == ("image", "channel", "y", "x")
+    assert arr.shards == (spec.shard_size, *feats.shape[1:]) and arr.chunks == (1, *feats.shape[1:])
+    np.testing.assert_array_equal(arr[:], feats)
+    assert [str(p) for p in group["path"][:]] == [r.name for r in records]
+    assert group["status"][:].tolist() == [2 if i in FAILED else 1 for i in range(spec.n_images)]
+    np.testing.assert_array_equal(group["feat_hw"][:], [r.feat_hw for r in records])
+    assert group["orig_hw"].metadata.dimension_names == ("image", "hw")
+    assert group.attrs["wrc"]["store"]["failed"] == len(FAILED)
+
+
+def test_plain_h5py_after_moving_the_pair(tmp_path, monkeypatch):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / "a" / "out.h5"
+    write(path, spec, feats, records)
+    moved = tmp_path / "b" / "c"
+    moved.mkdir(parents=True)
+    for p in (path, Path(f"{path}.parts")):
+        shutil.move(p, moved / p.name)
+    monkeypatch.chdir(tmp_path)
+    with h5py.File(moved / "out.h5", "r") as f:
+        assert f["features"].is_virtual and f["features"].shape == feats.shape
+        np.testing.assert_array_equal(f["features"][3], feats[3])
+        np.testing.assert_array_equal(f["features"][:], feats)
+        assert list(f["path"].asstr()[:]) == [r.name for r in records]
+        assert json.loads(f.attrs["wrc"])["images_sha256"] == "img-1"  # a JSON string
+        assert [d.label for d in f["features"].dims] == ["image", "channel", "y", "x"]
+    (moved / "out.h5.parts" / "shard-00000001.h5").unlink()
+    with h5py.File(moved / "out.h5", "r") as f:  # a lost part reads as NaN, never as plausible zeros
+        assert np.isnan(f["features"][3]).all() and not np.isnan(f["features"][0]).any()
+    with pytest.raises(WrcError, match="1 of 3 part files are missing"):
+        open_store(moved / "out.h5")
+
+
+def test_xarray_and_dask(tmp_path):
+    xr = pytest.importorskip("xarray")
+    da = pytest.importorskip("dask.array")
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / "out.zarr"
+    write(path, spec, feats, records)
+    ds = xr.open_zarr(path)
+    assert ds["features"].dims == ("image", "channel", "y", "x") and ds["orig_hw"].dims == ("image", "hw")
+    assert ds.sizes["image"] == spec.n_images and ds.attrs["wrc"]["upsampler"] == "wrc"
+    np.testing.assert_array_equal(ds["features"][4].values, feats[4])
+    np.testing.assert_array_equal(ds["status"].values, [2 if i in FAILED else 1 for i in range(spec.n_images)])
+    assert [str(p) for p in ds["path"].values] == [r.name for r in records]
+    np.testing.assert_array_equal(da.from_zarr(str(path), component="features").compute(), feats)
+
+
+# -- resume and overwrite ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_resume_and_overwrite(tmp_path, suffix):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / f"out{suffix}"
+    write(path, spec, feats, records, shards=[0, 2], finalize=False)
+    create_store(path, make_spec(created="later", command="wrc extract again"))  # same settings: resume
+    assert done(path, spec) == {0, 2}
+
+    other = make_spec(fingerprint="fp-2", upsampler="bilinear")
+    with pytest.raises(WrcError, match=r"other settings \(upsampler: wrc ≠ bilinear\).*--overwrite"):
+        create_store(path, other)
+    with pytest.raises(WrcError, match="another image list.*--overwrite"):
+        create_store(path, make_spec(images_sha256="img-2"))
+    with pytest.raises(WrcError, match=r"shard_size: 3 ≠ 4"):
+        create_store(path, make_spec(shard=4))
+    with pytest.raises(WrcError, match="settings the store was created with"):
+        open_writer(path, other)
+    assert done(path, spec) == {0, 2}
+
+    create_store(path, other, overwrite=True)
+    assert done(path, other) == set()
+    assert summary(path)["upsampler"] == "bilinear"
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_resume_after_finalize(tmp_path, suffix):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / f"out{suffix}"
+    write(path, spec, feats, records)
+    create_store(path, spec)
+    assert done(path, spec) == set(range(spec.n_shards))
+    with pytest.raises(WrcError, match="--overwrite"):
+        create_store(path, make_spec(fingerprint="fp-2"))
+    assert_matches(path, spec, feats, records)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_foreign_paths_are_never_deleted(tmp_path, suffix):
+    spec = make_spec()
+    folder = tmp_path / f"folder{suffix}"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    file = tmp_path / f"file{suffix}"
+    file.write_text("precious")
+    for path in (folder, file):
+        for overwrite in (False, True):
+            with pytest.raises(WrcError, match="not a wrcli store.*never deleted"):
+                create_store(path, spec, overwrite=overwrite)
+    assert (folder / "thesis.tex").read_text() == "precious" and file.read_text() == "precious"
+    with pytest.raises(WrcError, match="is not a wrcli feature store"):
+        summary(folder)
+    with pytest.raises(WrcError, match="does not exist"):
+        open_store(tmp_path / f"nothing{suffix}")
+    if suffix == ".h5":
+        parts = tmp_path / "x.h5.parts"
+        parts.mkdir()
+        (parts / "notes.txt").write_text("precious")
+        with pytest.raises(WrcError, match="x.h5.parts exists and is not a wrcli store"):
+            create_store(tmp_path / "x.h5", spec, overwrite=True)
+        assert (parts / "notes.txt").read_text() == "precious"
+    empty = tmp_path / f"empty{suffix}"
+    empty.mkdir()
+    create_store(empty, spec)
+    assert summary(empty)["done_shards"] == 0
+
+
+def test_write_shard_checks_its_arguments(tmp_path):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    create_store(tmp_path / "out.zarr", spec)
+    with open_writer(tmp_path / "out.zarr", spec) as writer:
+        k, shard, recs = shard_args(spec, feats, records, 0)
+        for bad in ((k, shard.astype("float32"), recs), (k, shard[:2], recs), (k, shard, recs[:2])):
+            with pytest.raises(ValueError, match="shard 0"):
+                writer.write_shard(*bad)
+        with pytest.raises(IndexError):
+            writer.write_shard(spec.n_shards, shard, recs)
+        assert writer.done_shards() == set()
+
+
+def test_unwritable_location(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(WrcError, match="cannot create .*; choose a writable OUT") as info:
+        create_store(tmp_path / "file" / "out.zarr", make_spec())
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_finalize_refuses_missing_shards(tmp_path, suffix):
+    spec = make_spec(n=10, shard=2)
+    feats, records = make_data(spec)
+    path = tmp_path / f"out{suffix}"
+    write(path, spec, feats, records, shards=[0, 2, 4], finalize=False)
+    with pytest.raises(WrcError, match=r"2 of 5 shards are not written \(1, 3\); rerun"):
+        finalize_store(path)
+    with pytest.raises(WrcError, match="not finished"):
+        open_store(path)
+    info = summary(path)
+    assert (info["complete"], info["finalized"], info["done_shards"], info["n_shards"]) == (False, False, 3, 5)
+    assert (info["ok"], info["failed"], info["pending"]) == (5, 1, 4)  # images 0 1 4 5 8 9; 5 failed
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_summary(tmp_path, suffix):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / f"out{suffix}"
+    write(path, spec, feats, records)
+    info = summary(path)
+    assert info["format"] == ("zarr" if suffix == ".zarr" else "hdf5") and info["path"] == str(path)
+    assert (info["n_images"], info["ok"], info["failed"], info["pending"]) == (7, 5, 2, 0)
+    assert info["failures"] == [{"name": records[i].name, "error": records[i].error} for i in sorted(FAILED)]
+    assert (info["complete"], info["finalized"], info["done_shards"], info["n_shards"]) == (True, True, 3, 3)
+    assert info["shape"] == [7, 4, 6, 8] and info["dtype"] == "float16" and info["bytes_on_disk"] > 0
+    assert (info["backbone"], info["upsampler"], info["scale"], info["resize"]) == (
+        "dinov2_vits14", "wrc", 4, "long-side 448")
+    json.dumps(info)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_padding_and_failed_images_cost_almost_nothing(tmp_path, suffix):
+    """The same 16x32x32 valid features stored unpadded, and padded into a 64x64 grid (3/4 zeros)."""
+    sizes = {}
+    for grid in (32, 64):
+        spec = make_spec(n=8, shard=4, grid=(16, grid, grid))
+        feats, records = make_data(spec, valid=(32, 32))
+        path = tmp_path / f"g{grid}{suffix}"
+        write(path, spec, feats, records)
+        sizes[grid] = sum(len(b) for name, b in store_files(path).items() if "features" in name or "shard-" in name)
+    valid_bytes = (8 - len(FAILED)) * 16 * 32 * 32 * 2
+    assert sizes[32] < 1.1 * valid_bytes + 16_000  # failed images: no bytes
+    assert sizes[64] < 1.1 * sizes[32]
+
+
+# -- crash safety, concurrency, disk full ------------------------------------------------------------------------------
+
+def _killed_writer(path: Path, spec: StoreSpec, args, point: str) -> None:
+    """Child process: write one shard and SIGKILL itself at ``point``, before the shard is marked done."""
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if point in ("status", "shard_done"):  # zarr: when the first object with this prefix is about to be written
+        real_set = LocalStore.set
+
+        async def set_(self, key, value):
+            if key.startswith(point):
+                die()
+            return await real_set(self, key, value)
+        LocalStore.set = set_
+    elif point == "second image":  # hdf5: the temporary part file holds one image
+        real_setitem, calls = h5py.Dataset.__setitem__, []
+
+        def setitem(self, key, value):
+            calls.append(key)
+            if len(calls) == 2:
+                die()
+            real_setitem(self, key, value)
+        h5py.Dataset.__setitem__ = setitem
+    else:  # hdf5: the complete part file is about to be renamed into place
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if Path(dst).name.startswith("shard-"):
+                die()
+            real_replace(src, dst)
+        os.replace = replace
+    open_writer(path, spec).write_shard(*args)
+
+
+def _writer(path: Path, spec: StoreSpec, shards: list) -> None:
+    with open_writer(path, spec) as writer:
+        for args in shards:
+            writer.write_shard(*args)
+
+
+def _run(*processes) -> list[int]:
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(60)
+    return [p.exitcode for p in processes]
+
+
+@pytest.mark.parametrize("suffix, point", [(".zarr", "status"), (".zarr", "shard_done"),
+                                           (".h5", "second image"), (".h5", "rename")])
+def test_killed_writer_leaves_a_resumable_store(tmp_path, suffix, point):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    clean, path = tmp_path / f"clean{suffix}", tmp_path / f"out{suffix}"
+    write(clean, spec, feats, records)
+    write(path, spec, feats, records, shards=[0, 2], finalize=False)
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=_killed_writer, args=(path, spec, shard_args(spec, feats, records, 1), point))
+    assert _run(child) == [-signal.SIGKILL]
+    leftovers = [path / "features/c/1/0/0/0"] if suffix == ".zarr" else list(Path(f"{path}.parts").glob(".shard-*"))
+    assert leftovers and all(p.is_file() for p in leftovers)  # it died with part of shard 1 on disk
+    assert done(path, spec) == {0, 2}
+    with pytest.raises(WrcError, match="not written"):
+        finalize_store(path)
+    with open_writer(path, spec) as writer:
+        writer.write_shard(*shard_args(spec, feats, records, 1))
+    finalize_store(path)
+    assert_matches(path, spec, feats, records)
+    assert store_files(path) == {k.replace("clean", "out"): v for k, v in store_files(clean).items()}
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_concurrent_writers_equal_one_writer(tmp_path, suffix):
+    spec = make_spec(n=11, shard=2)
+    feats, records = make_data(spec)
+    single, multi = tmp_path / f"single{suffix}", tmp_path / f"multi{suffix}"
+    write(single, spec, feats, records)
+    create_store(multi, spec)
+    ctx = multiprocessing.get_context("spawn")
+    ranks = [[shard_args(spec, feats, records, k) for k in range(r, spec.n_shards, 2)] for r in (0, 1)]
+    assert _run(*(ctx.Process(target=_writer, args=(multi, spec, shards)) for shards in ranks)) == [0, 0]
+    finalize_store(multi)
+    assert store_files(multi) == {k.replace("single", "multi"): v for k, v in store_files(single).items()}
+    if suffix == ".h5":
+        with h5py.File(single) as a, h5py.File(multi) as b:
+            for name in a:
+                np.testing.assert_array_equal(a[name][:], b[name][:])
+    assert_matches(multi, spec, feats, records)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_disk_full_leaves_store_consistent(tmp_path, suffix, monkeypatch):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / f"out{suffix}"
+    write(path, spec, feats, records, shards=[0], finalize=False)
+    before = store_files(path)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if suffix == ".zarr":
+        real_set = LocalStore.set
+
+        async def set_(self, key, value):
+            if key.startswith("input_hw"):  # features, path and orig_hw of the shard are already written
+                raise full
+            return await real_set(self, key, value)
+        monkeypatch.setattr(LocalStore, "set", set_)
+    else:
+        real_setitem, calls = h5py.Dataset.__setitem__, []
+
+        def setitem(self, key, value):
+            calls.append(key)
+            if len(calls) == 2:
+                raise full
+            real_setitem(self, key, value)
+        monkeypatch.setattr(h5py.Dataset, "__setitem__", setitem)
+    with open_writer(path, spec) as writer, pytest.raises(OSError) as info:
+        writer.write_shard(*shard_args(spec, feats, records, 1))
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert done(path, spec) == {0}
+    assert store_files(path) == before  # nothing of shard 1 is left, no temporary files
+    write(path, spec, feats, records, shards=[1, 2])
+    assert_matches(path, spec, feats, records)

@@ -1,0 +1,315 @@
+"""Format-independent parts of the feature stores: spec, records, metadata checks, reader, file helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wrcli.errors import WrcError
+
+DTYPES = ("float16", "float32")
+FEATURE_DIMS = ("image", "channel", "y", "x")
+PENDING, OK, FAILED = 0, 1, 2
+STATUS_ATTRS = {"flag_values": [PENDING, OK, FAILED], "flag_meanings": "pending ok failed"}
+# Per-image columns: name -> (dtype, trailing shape, dimension names).
+COLUMNS: dict[str, tuple[str, tuple[int, ...], tuple[str, ...]]] = {
+    "path": ("str", (), ("image",)),
+    "orig_hw": ("int32", (2,), ("image", "hw")),
+    "input_hw": ("int32", (2,), ("image", "hw")),
+    "feat_hw": ("int32", (2,), ("image", "hw")),
+    "status": ("int8", (), ("image",)),
+    "error": ("str", (), ("image",)),
+}
+LAYOUT_KEYS = ("n_images", "channels", "height", "width", "dtype", "shard_size")
+# Top-level metadata keys that may change between two runs of the same extraction (never reported as a difference).
+VOLATILE_KEYS = frozenset({"created", "command", "version", "wrc_version", "hostname", "store"})
+TMP_TAG = ".wrc-tmp-"
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Shape and settings of a store; shard ``k`` holds images ``[k*shard_size, min((k+1)*shard_size, n))``."""
+
+    n_images: int
+    channels: int
+    height: int
+    width: int
+    dtype: str
+    shard_size: int
+    metadata: dict
+
+    def __post_init__(self) -> None:
+        for name in ("n_images", "channels", "height", "width", "shard_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"StoreSpec.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"StoreSpec.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for key in ("fingerprint", "images_sha256"):
+            if key not in self.metadata:
+                raise ValueError(f"StoreSpec.metadata needs {key!r}")
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_images / self.shard_size)
+
+    def shard_range(self, k: int) -> range:
+        if not 0 <= k < self.n_shards:
+            raise IndexError(f"shard {k} out of range [0, {self.n_shards})")
+        return range(k * self.shard_size, min((k + 1) * self.shard_size, self.n_images))
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image's row: recorded name, sizes, valid feature region (top-left of the padded grid), failure reason."""
+
+    name: str
+    orig_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    feat_hw: tuple[int, int]
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+class StoreWriter(ABC):
+    """Writes whole shards; a shard is marked done only after its data are durably on disk."""
+
+    def __init__(self, path: Path, spec: StoreSpec) -> None:
+        self.path, self.spec = path, spec
+
+    @abstractmethod
+    def done_shards(self) -> set[int]: ...
+
+    @abstractmethod
+    def write_shard(self, k: int, features: np.ndarray, records: Sequence[ImageRecord]) -> None: ...
+
+    def close(self) -> None:
+        """Release resources (nothing is buffered between shards)."""
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StoreReader:
+    """Read-only view of a finished store: ``records``, ``features(i)`` and iteration over ok images."""
+
+    def __init__(self, path: Path, format: str, metadata: dict, columns: dict[str, np.ndarray],
+                 features: Any, close: Callable[[], None] = lambda: None) -> None:
+        self.path, self.format, self.metadata = path, format, metadata
+        self.spec = spec_from_metadata(metadata)
+        self.records = records_from_columns(columns)
+        self._features, self._close = features, close
+
+    def __len__(self) -> int:
+        return self.spec.n_images
+
+    def features(self, i: int) -> np.ndarray:
+        """Features of image ``i`` cropped to its valid region: ``(C, h, w)``; ``(C, 0, 0)`` for a failed image."""
+        h, w = self.records[i].feat_hw
+        return np.asarray(self._features[i, :, :h, :w])
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for i, record in enumerate(self.records):
+            if record.ok:
+                yield record.name, self.features(i)
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- metadata --------------------------------------------------------------------------------------------------------
+
+def stored_metadata(spec: StoreSpec) -> dict:
+    """The ``wrc`` attribute for a new store: the caller's metadata (JSON round-tripped) plus a ``store`` section."""
+    metadata = json.loads(json.dumps(spec.metadata, allow_nan=False))
+    layout = {k: getattr(spec, k) if k == "dtype" else int(getattr(spec, k)) for k in LAYOUT_KEYS}
+    metadata["store"] = {"layout_version": 1, **layout}
+    return metadata
+
+
+def spec_from_metadata(metadata: dict) -> StoreSpec:
+    layout = metadata["store"]
+    user = {k: v for k, v in metadata.items() if k != "store"}
+    return StoreSpec(**{k: layout[k] for k in LAYOUT_KEYS}, metadata=user)
+
+
+def is_wrc_metadata(metadata: object) -> bool:
+    return isinstance(metadata, dict) and "fingerprint" in metadata and isinstance(metadata.get("store"), dict)
+
+
+def difference(old: dict, new: dict) -> str | None:
+    """How the store described by ``old`` differs from the one ``new`` asks for (None when it can be resumed)."""
+    if old.get("images_sha256") != new.get("images_sha256"):
+        n_old, n_new = old["store"].get("n_images"), new["store"]["n_images"]
+        counts = f"{n_old} images, now {n_new}" if n_old != n_new else "same count, other names or order"
+        return f"holds another image list ({counts})"
+    layout_diff = [(k, old["store"].get(k), new["store"][k]) for k in LAYOUT_KEYS
+                   if old["store"].get(k) != new["store"][k]]
+    if old.get("fingerprint") == new.get("fingerprint") and not layout_diff:
+        return None
+    old_user = {k: v for k, v in old.items() if k not in VOLATILE_KEYS}
+    new_user = {k: v for k, v in new.items() if k not in VOLATILE_KEYS}
+    diffs = [(k, a, b) for k, a, b in _leaf_diff(old_user, new_user) if k not in ("fingerprint", "images_sha256")]
+    diffs += layout_diff
+    shown = "; ".join(f"{k}: {_show(a)} ≠ {_show(b)}" for k, a, b in diffs[:3]) or (
+        f"fingerprint: {_show(old.get('fingerprint'))} ≠ {_show(new.get('fingerprint'))}")
+    return f"was made with other settings ({shown})"
+
+
+def _leaf_diff(a: object, b: object, prefix: str = "") -> list[tuple[str, object, object]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b), key=str)
+                for d in _leaf_diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))]
+    return [] if a == b else [(prefix, a, b)]
+
+
+def _show(value: object) -> str:
+    text = value if isinstance(value, str) and value.isprintable() else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def foreign_error(path: Path) -> WrcError:
+    return WrcError(f"{path} exists and is not a wrcli store; move it away or choose another OUT "
+                    "(it is never deleted, even with --overwrite)")
+
+
+def incomplete_error(path: Path, missing: Sequence[int], n_shards: int) -> WrcError:
+    first = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+    return WrcError(f"{path} is incomplete: {len(missing)} of {n_shards} shards are not written ({first}); "
+                    "rerun the same extract command to finish it")
+
+
+def unfinished_error(path: Path) -> WrcError:
+    return WrcError(f"{path} is not finished; rerun the same extract command to complete it (wrc info shows progress)")
+
+
+# -- records ---------------------------------------------------------------------------------------------------------
+
+def check_shard(spec: StoreSpec, k: int, features: np.ndarray, records: Sequence[ImageRecord]) -> range:
+    """Validate a shard's arguments against the spec; returns its image range."""
+    rng = spec.shard_range(k)
+    expected = (len(rng), spec.channels, spec.height, spec.width)
+    if features.shape != expected or features.dtype != np.dtype(spec.dtype):
+        raise ValueError(f"shard {k}: features must be {spec.dtype} {expected}, got {features.dtype} {features.shape}")
+    if len(records) != len(rng):
+        raise ValueError(f"shard {k}: expected {len(rng)} records, got {len(records)}")
+    return rng
+
+
+def columns_from_records(records: Sequence[ImageRecord]) -> dict[str, np.ndarray]:
+    return {
+        "path": np.array([r.name for r in records], dtype=object),
+        "orig_hw": np.array([r.orig_hw for r in records], dtype=np.int32).reshape(-1, 2),
+        "input_hw": np.array([r.input_hw for r in records], dtype=np.int32).reshape(-1, 2),
+        "feat_hw": np.array([r.feat_hw for r in records], dtype=np.int32).reshape(-1, 2),
+        "status": np.array([FAILED if r.error else OK for r in records], dtype=np.int8),
+        "error": np.array([r.error for r in records], dtype=object),
+    }
+
+
+def records_from_columns(columns: dict[str, np.ndarray]) -> list[ImageRecord]:
+    orig, input_, feat = (columns[k].tolist() for k in ("orig_hw", "input_hw", "feat_hw"))
+    return [ImageRecord(str(name), tuple(o), tuple(i), tuple(f), str(e))
+            for name, o, i, f, e in zip(columns["path"], orig, input_, feat, columns["error"])]
+
+
+def summarize(path: Path, format: str, metadata: dict, columns: dict[str, np.ndarray], done: set[int],
+              finalized: bool, paths: Sequence[Path], n_failures: int = 5) -> dict:
+    """The ``wrc info`` dictionary."""
+    spec = spec_from_metadata(metadata)
+    status = columns["status"]
+    failed = np.flatnonzero(status == FAILED)[:n_failures]
+    return {
+        "format": format,
+        "path": str(path),
+        "n_images": spec.n_images,
+        "ok": int((status == OK).sum()),
+        "failed": int((status == FAILED).sum()),
+        "pending": int((status == PENDING).sum()),
+        "failures": [{"name": str(columns["path"][i]), "error": str(columns["error"][i])} for i in failed],
+        "complete": len(done) == spec.n_shards,
+        "finalized": finalized,
+        "done_shards": len(done),
+        "n_shards": spec.n_shards,
+        "shape": [spec.n_images, spec.channels, spec.height, spec.width],
+        "dtype": spec.dtype,
+        "bytes_on_disk": disk_bytes(*paths),
+        **{key: metadata.get(key) for key in ("backbone", "upsampler", "scale", "resize")},
+    }
+
+
+# -- files -----------------------------------------------------------------------------------------------------------
+
+def tmp_sibling(path: Path) -> Path:
+    """A hidden name next to ``path`` for building it before an atomic rename."""
+    return path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+
+
+def remove_stale_tmps(path: Path) -> None:
+    """Remove what :func:`tmp_sibling` left behind for ``path`` (from a killed process)."""
+    for stale in path.parent.glob(f".{path.name}{TMP_TAG}*"):
+        discard(stale)
+
+
+def discard(path: Path) -> None:
+    """Delete a file or directory tree; a tree is first renamed away so a crash never leaves half of it."""
+    if path.is_dir() and not path.is_symlink():
+        trash = tmp_sibling(path) if TMP_TAG not in path.name else path
+        os.replace(path, trash)
+        shutil.rmtree(trash)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def fsync(paths: Sequence[Path]) -> None:
+    """Flush files (and then their directories) to stable storage; missing files are skipped."""
+    dirs = []
+    for p in paths:
+        if p.exists():
+            _fsync_one(p)
+            dirs.append(p.parent)
+    for d in dict.fromkeys(dirs):
+        _fsync_one(d)
+
+
+def _fsync_one(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def disk_bytes(*paths: Path) -> int:
+    """Total size of the files under ``paths``."""
+    total = 0
+    for p in paths:
+        if p.is_file():
+            total += p.stat().st_size
+        elif p.is_dir():
+            total += sum((Path(d) / f).stat().st_size for d, _, files in os.walk(p) for f in files)
+    return total

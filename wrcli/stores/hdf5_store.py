@@ -1,0 +1,249 @@
+"""HDF5 feature stores (``*.h5`` / ``*.hdf5``): one part file per shard, assembled by a virtual dataset.
+
+**OUT.parts/ must travel with OUT.** ``OUT`` holds ``features`` as a virtual dataset whose sources are the part
+files, referenced by the relative path ``<OUT name>.parts/shard-XXXXXXXX.h5``: move or copy the pair together, into
+one directory, and keep both names. A part that cannot be found reads as NaN (the virtual dataset's fill value).
+
+Layout (plain h5py reads it)::
+
+    OUT.parts/wrc.json              the ``wrc`` metadata, written when the store is created
+    OUT.parts/shard-00000123.h5     shard 123: ``features`` (n, C, H, W), one lzf chunk per image, fill 0, plus the
+                                    per-image datasets; written under a temporary name and renamed into place, so
+                                    its existence is the shard's done marker (a killed writer cannot corrupt it)
+    OUT                             written by finalize: ``features`` (N, C, H, W) virtual over the parts;
+                                    ``path``, ``error`` (UTF-8 strings: read them with ``.asstr()[:]``);
+                                    ``orig_hw``, ``input_hw``, ``feat_hw`` (N, 2) int32 (``feat_hw``: valid top-left
+                                    region of the padded grid); ``status`` (N,) int8 0 pending / 1 ok / 2 failed;
+                                    attribute ``wrc`` (JSON string); dimension labels on every dataset
+
+wrcli writes every HDF5 file under a private temporary name, so it turns HDF5 file locking off (locking fails on
+some cluster file systems).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from wrcli.errors import WrcError
+from wrcli.stores.base import (
+    COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, TMP_TAG, ImageRecord, StoreReader, StoreSpec, StoreWriter,
+    check_shard, columns_from_records, discard, foreign_error, fsync, incomplete_error, is_empty_dir,
+    is_wrc_metadata, remove_stale_tmps, spec_from_metadata, tmp_sibling, unfinished_error,
+)
+
+FORMAT = "hdf5"
+_PART = re.compile(r"shard-(\d{8})\.h5")
+_TEXT = h5py.string_dtype("utf-8")
+
+
+def parts_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".parts")
+
+
+def part_name(k: int) -> str:
+    return f"shard-{k:08d}.h5"
+
+
+def existing(path: Path) -> list[dict]:
+    """The ``wrc`` metadata found in ``OUT.parts/`` and ``OUT`` ([] when neither exists); WrcError if foreign."""
+    found = []
+    parts = parts_dir(path)
+    if (parts.exists() or parts.is_symlink()) and not is_empty_dir(parts):
+        metadata = _read_json(parts / "wrc.json")
+        if metadata is None:
+            raise foreign_error(parts)
+        found.append(metadata)
+    if (path.exists() or path.is_symlink()) and not is_empty_dir(path):
+        metadata = _index_metadata(path)
+        if metadata is None:
+            raise foreign_error(path)
+        found.append(metadata)
+    return found
+
+
+def ensure(path: Path, spec: StoreSpec, metadata: dict) -> None:
+    """Create ``OUT.parts/`` with ``wrc.json`` unless it exists (built under a temporary name, then renamed)."""
+    if is_empty_dir(path):
+        path.rmdir()
+    parts = parts_dir(path)
+    if (parts / "wrc.json").is_file():
+        return
+    remove_stale_tmps(parts)
+    tmp = tmp_sibling(parts)
+    tmp.mkdir()
+    (tmp / "wrc.json").write_text(json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, parts)
+
+
+def remove(path: Path) -> None:
+    discard(path)
+    discard(parts_dir(path))
+
+
+def read_metadata(path: Path) -> dict:
+    metadata = _read_json(parts_dir(path) / "wrc.json")
+    if metadata is None:
+        raise WrcError(f"{path} is not a wrcli feature store (no {parts_dir(path).name}/wrc.json); check the path")
+    return metadata
+
+
+class Hdf5Writer(StoreWriter):
+    """Writes each shard to its own part file (temporary name, fsync, atomic rename)."""
+
+    def __init__(self, path: Path, spec: StoreSpec) -> None:
+        super().__init__(path, spec)
+        self._parts = parts_dir(path)
+
+    def done_shards(self) -> set[int]:
+        return _done(self._parts, self.spec)
+
+    def write_shard(self, k: int, features: np.ndarray, records: Sequence[ImageRecord]) -> None:
+        check_shard(self.spec, k, features, records)
+        final = self._parts / part_name(k)
+        remove_stale_tmps(final)  # left by a writer of this shard that was killed
+        tmp = tmp_sibling(final)
+        try:
+            _write_part(tmp, features, records)
+            fsync([tmp])
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync([final])
+
+
+def finalize(path: Path) -> None:
+    """Check that every part exists, drop temporaries of killed writers, write ``OUT`` (temporary name + rename)."""
+    parts = parts_dir(path)
+    metadata = read_metadata(path)
+    spec = spec_from_metadata(metadata)
+    missing = sorted(set(range(spec.n_shards)) - _done(parts, spec))
+    if missing:
+        raise incomplete_error(path, missing, spec.n_shards)
+    for stale in parts.glob(f".shard-*{TMP_TAG}*"):
+        stale.unlink()
+    remove_stale_tmps(path)
+    columns = _gather(parts, spec, set(range(spec.n_shards)))
+    status = columns["status"]
+    metadata["store"] = {**metadata["store"], "ok": int((status == OK).sum()), "failed": int((status == FAILED).sum())}
+    tmp = tmp_sibling(path)
+    try:
+        _write_index(tmp, spec, metadata, columns, parts.name)
+        fsync([tmp])
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def state(path: Path) -> tuple[dict, dict[str, np.ndarray], set[int], bool]:
+    """(metadata, per-image columns, done shards, finalized) for ``summary``; works before finalize too."""
+    parts = parts_dir(path)
+    index = _index_metadata(path)
+    metadata = index or read_metadata(path)
+    spec = spec_from_metadata(metadata)
+    done = _done(parts, spec) if parts.is_dir() else set()
+    if index is None:
+        return metadata, _gather(parts, spec, done), done, False
+    with h5py.File(path, "r") as f:
+        return metadata, _read_columns(f), done, True
+
+
+def open_reader(path: Path) -> StoreReader:
+    metadata = _index_metadata(path)
+    if metadata is None:
+        read_metadata(path)  # not a store at all, or
+        raise unfinished_error(path)
+    spec = spec_from_metadata(metadata)
+    parts = parts_dir(path)
+    missing = spec.n_shards - len(_done(parts, spec) if parts.is_dir() else ())
+    if missing:
+        raise WrcError(f"{path} reads its features from {parts.name}/, where {missing} of {spec.n_shards} part "
+                       f"files are missing; keep {parts.name}/ next to {path.name}")
+    f = h5py.File(path, "r")
+    return StoreReader(path, FORMAT, metadata, _read_columns(f), f["features"], close=f.close)
+
+
+def _done(parts: Path, spec: StoreSpec) -> set[int]:
+    found = (_PART.fullmatch(p.name) for p in parts.glob("shard-*.h5"))
+    return {k for m in found if m and (k := int(m[1])) < spec.n_shards}
+
+
+def _write_part(path: Path, features: np.ndarray, records: Sequence[ImageRecord]) -> None:
+    columns = columns_from_records(records)
+    with h5py.File(path, "w", locking=False) as f:
+        dset = f.create_dataset("features", shape=features.shape, dtype=features.dtype,
+                                chunks=(1, *features.shape[1:]), compression="lzf", fillvalue=0)
+        for j in np.flatnonzero(columns["status"] == OK):  # failed images stay unwritten: fill 0, no bytes
+            dset[j] = features[j]
+        for name, values in columns.items():
+            f.create_dataset(name, data=values, dtype=_TEXT if values.dtype == object else values.dtype)
+
+
+def _gather(parts: Path, spec: StoreSpec, done: set[int]) -> dict[str, np.ndarray]:
+    """Per-image columns over all images, read from the done parts (pending rows elsewhere)."""
+    n = spec.n_images
+    columns = {
+        name: np.full((n, *tail), "", dtype=object) if dtype == "str" else np.zeros((n, *tail), dtype=dtype)
+        for name, (dtype, tail, _) in COLUMNS.items()
+    }
+    for k in sorted(done):
+        rng = spec.shard_range(k)
+        with h5py.File(parts / part_name(k), "r", locking=False) as f:
+            for name, values in _read_columns(f).items():
+                columns[name][rng.start:rng.stop] = values
+    return columns
+
+
+def _read_columns(f: h5py.File) -> dict[str, np.ndarray]:
+    return {name: f[name].asstr()[:] if dtype == "str" else f[name][:] for name, (dtype, _, _) in COLUMNS.items()}
+
+
+def _write_index(path: Path, spec: StoreSpec, metadata: dict, columns: dict[str, np.ndarray], parts_name: str) -> None:
+    grid = (spec.channels, spec.height, spec.width)
+    layout = h5py.VirtualLayout(shape=(spec.n_images, *grid), dtype=spec.dtype)
+    for k in range(spec.n_shards):
+        rng = spec.shard_range(k)
+        layout[rng.start:rng.stop] = h5py.VirtualSource(f"{parts_name}/{part_name(k)}", "features",
+                                                        shape=(len(rng), *grid))
+    with h5py.File(path, "w", locking=False) as f:
+        _label(f.create_virtual_dataset("features", layout, fillvalue=np.nan), FEATURE_DIMS)
+        for name, values in columns.items():
+            dtype, _, dims = COLUMNS[name]
+            dset = f.create_dataset(name, data=values, dtype=_TEXT if dtype == "str" else dtype)
+            _label(dset, dims)
+            if name == "status":
+                dset.attrs.update(STATUS_ATTRS)
+        f.attrs["wrc"] = json.dumps(metadata, ensure_ascii=False)
+
+
+def _label(dset: h5py.Dataset, dims: Sequence[str]) -> None:
+    for axis, name in enumerate(dims):
+        dset.dims[axis].label = name
+
+
+def _index_metadata(path: Path) -> dict | None:
+    """The ``wrc`` attribute of a finalized ``OUT`` (None if ``path`` is not one)."""
+    if not path.is_file() or not h5py.is_hdf5(path):
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            metadata = json.loads(f.attrs["wrc"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return metadata if is_wrc_metadata(metadata) else None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return metadata if is_wrc_metadata(metadata) else None
