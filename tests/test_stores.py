@@ -192,10 +192,10 @@ def test_resume_and_overwrite(tmp_path, suffix):
     feats, records = make_data(spec)
     path = tmp_path / f"out{suffix}"
     write(path, spec, feats, records, shards=[0, 2], finalize=False)
-    create_store(path, make_spec(created="later", command="wrc extract again"))  # same settings: resume
+    create_store(path, make_spec(created="later", command_line="wrc extract again"))  # same settings: resume
     assert done(path, spec) == {0, 2}
 
-    other = make_spec(fingerprint="fp-2", upsampler="bilinear")
+    other = make_spec(fingerprint="fp-2", upsampler="bilinear", created="later", options={"batch_size": 8})
     with pytest.raises(WrcError, match=r"other settings \(upsampler: wrc ≠ bilinear\).*--overwrite"):
         create_store(path, other)
     with pytest.raises(WrcError, match="another image list.*--overwrite"):

@@ -31,7 +31,7 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], tuple[str, ...]]] = {
 }
 LAYOUT_KEYS = ("n_images", "channels", "height", "width", "dtype", "shard_size")
 # Top-level metadata keys that may change between two runs of the same extraction (never reported as a difference).
-VOLATILE_KEYS = frozenset({"created", "command", "version", "wrc_version", "hostname", "store"})
+VOLATILE_KEYS = frozenset({"created", "command_line", "options", "source", "version", "store"})
 TMP_TAG = ".wrc-tmp-"
 
 
