@@ -11,10 +11,12 @@ import errno
 import os
 import sys
 import traceback
+from typing import Optional
 
 import typer
 
 from wrcli import __version__
+from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER
 from wrcli.errors import WrcError
 
 EXIT_FAILURE = 1
@@ -63,6 +65,102 @@ def upsamplers_cmd(json_out: bool = typer.Option(False, "--json", help="Print JS
     width = max(map(len, table))
     for name, description in table.items():
         typer.echo(f"{name:<{width}}  {description}")
+
+
+def _hw(text: str | None, flag: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"expected HxW with positive integers, e.g. 448x448, got {text!r}", param_hint=flag) from None
+    return h, w
+
+
+def _layers(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected block indices separated by commas, e.g. -1 or 5,11, got {text!r}", param_hint="--layers") from None
+
+
+def _print_json(data: object) -> None:
+    import json
+
+    typer.echo(json.dumps(data, ensure_ascii=False, default=str))
+
+
+@app.command("extract")
+def extract_cmd(
+    src: str = typer.Argument(..., help="Image folder (recursive), glob, text file with one path per line, or - for paths on stdin."),
+    out: str = typer.Argument(..., help="Output store: *.zarr (Zarr v3) or *.h5 / *.hdf5 (HDF5)."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
+    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
+    upsampler: str = typer.Option(DEFAULT_UPSAMPLER, envvar="WRC_UPSAMPLER", help="Registry name (see `wrc upsamplers`) or checkpoint file."),
+    scale: int = typer.Option(2, min=1, help="Upsampling factor of the token grid (1 = the backbone's own grid)."),
+    out_size: Optional[str] = typer.Option(None, help="Explicit feature size HxW for every image instead of --scale."),
+    size: int = typer.Option(448, min=1, help="Resize the short side to this many pixels (rounded to the patch multiple)."),
+    crop: bool = typer.Option(False, help="Centre-crop a square after resizing."),
+    max_side: Optional[int] = typer.Option(None, min=1, help="Cap on the long side in pixels (default 2 × --size); aspect is kept."),
+    layers: Optional[str] = typer.Option(None, help="Backbone blocks to store, e.g. -1 (default) or 5,11."),
+    dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
+    batch_size: int = typer.Option(8, min=1, help="Images per forward pass."),
+    workers: int = typer.Option(2, min=0, help="DataLoader decoding processes (0 = decode in the main process)."),
+    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
+    overwrite: bool = typer.Option(False, help="Replace an existing store made with other settings or images."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="zarr or hdf5 (default: from OUT's suffix)."),
+    shard_size: Optional[int] = typer.Option(None, min=1, help="Images per shard, the unit of work and of resume (default: ~64 MiB of features)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a one-line JSON summary on stdout."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON record per image on stdout."),
+) -> None:
+    """Extract upsampled features of every image into a Zarr or HDF5 store (resumable: rerun to finish).
+
+    Exit status 3 means the store is complete but some inputs failed (their reasons are in the store)."""
+    import shlex
+
+    from wrcli.extract import ExtractOptions, extract
+
+    opts = ExtractOptions(
+        backbone=backbone, backbone_weights=backbone_weights, layers=_layers(layers), upsampler=upsampler,
+        scale=scale, out_size=_hw(out_size, "--out-size"), size=size, crop=crop, max_side=max_side, dtype=dtype,
+        batch_size=batch_size, workers=workers, device=device, limit=limit, overwrite=overwrite, format=fmt, shard_size=shard_size,
+    )
+    summary = extract(
+        src, out, opts, stdin=sys.stdin if src == "-" else None, on_record=_print_json if jsonl else None,
+        progress=True, command_line=shlex.join(["wrc", *sys.argv[1:]]),
+    )
+    if "failed" not in summary:  # a rank other than 0: rank 0 reports the whole store
+        return
+    if json_out:
+        _print_json(summary)
+    else:
+        typer.echo(
+            f"wrc: {out}: {summary['ok']} ok, {summary['failed']} failed of {summary['n_images']} images"
+            f" ({summary.get('images_per_s', 0):.2f} img/s)", err=True,
+        )
+    if summary["failed"]:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("info")
+def info_cmd(
+    store: str = typer.Argument(..., help="A store written by wrc extract (*.zarr, *.h5)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+) -> None:
+    """Summarise a feature store: images, failures, shape, settings, completeness."""
+    from wrcli.stores import summary
+
+    info = summary(store)
+    if json_out:
+        _print_json(info)
+        return
+    for key, value in info.items():
+        typer.echo(f"{key:>16}: {value}")
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> None:

@@ -1,0 +1,311 @@
+"""``wrc extract``: images → frozen backbone → upsampler → feature store; streamed, resumable, sharded.
+
+Decoding runs in DataLoader workers (uint8 to the device, normalisation there), compute in the main
+thread, and writing in a background thread, so the three overlap; memory is bounded by a few shards.
+The unit of work is a shard of images written whole. Rank r of W takes shards r, r+W, ... (static), so a
+torchrun/SLURM job writes exactly the store a single process would, and a rerun after a crash only
+redoes the shards that were not marked done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from wrcli import __version__
+from wrcli.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from wrcli.data import ImageDataset, ResizePolicy, discover
+from wrcli.errors import WrcError
+from wrcli.models import Upsampler, load_upsampler
+from wrcli.progress import Progress
+from wrcli.runtime import Rank, current_rank, resolve_device, wait_until
+from wrcli.stores import ImageRecord, StoreSpec, create_store, finalize_store, open_writer, store_format
+
+SHARD_BYTES = 64 << 20  # uncompressed bytes of features per shard (bounds memory and the redo after a crash)
+MAX_SHARD_IMAGES = 256
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    backbone: str = DEFAULT_BACKBONE
+    backbone_weights: str | None = None
+    layers: tuple[int, ...] | None = None
+    upsampler: str = "wrc"
+    scale: int = 2  # × the token grid; 1 stores the backbone's own grid
+    out_size: tuple[int, int] | None = None  # explicit (H, W) for every image instead of a scale
+    size: int = 448
+    crop: bool = False
+    max_side: int | None = None
+    dtype: str = "float16"
+    batch_size: int = 8
+    workers: int = 2
+    device: str = "auto"
+    limit: int | None = None
+    overwrite: bool = False
+    format: str | None = None
+    shard_size: int | None = None  # images per shard (the unit of work and of resume); default: ~64 MiB of features
+    wait_timeout: float = 86400.0
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Extractor:
+    """Backbone + upsampler + resize policy: turns uint8 image batches into upsampled features."""
+
+    def __init__(self, opts: ExtractOptions, device: torch.device):
+        if opts.scale < 1:
+            raise WrcError(f"--scale must be ≥ 1, got {opts.scale}")
+        if opts.dtype not in ("float16", "float32"):
+            raise WrcError(f"--dtype must be float16 or float32, got {opts.dtype!r}")
+        self.opts, self.device = opts, device
+        self.backbone: Backbone = load_backbone(opts.backbone, opts.backbone_weights, layers=opts.layers, device=device)
+        self.upsampler: Upsampler | None = None
+        if opts.scale != 1 or opts.out_size is not None:
+            self.upsampler = load_upsampler(opts.upsampler, self.backbone).to(device).eval()
+        self.policy = ResizePolicy(size=opts.size, patch=self.backbone.patch_size, crop=opts.crop, max_side=opts.max_side)
+        self.n_layers = len(self.backbone.layers)
+
+    def feat_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
+        if self.opts.out_size is not None:
+            return self.opts.out_size
+        p, s = self.backbone.patch_size, self.opts.scale
+        return input_hw[0] // p * s, input_hw[1] // p * s
+
+    def grid(self) -> tuple[int, int]:
+        return self.feat_hw(self.policy.max_input_hw())
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B,3,H,W) on any device → features (B, C, h', w') in the store dtype, on the CPU."""
+        images = self.backbone.normalize(pixels.to(self.device, non_blocking=True))
+        feats = self.backbone(images)
+        if self.upsampler is not None:
+            if self.n_layers > 1:  # one upsampler, applied to each layer's features
+                B, C, h, w = feats.shape
+                feats = feats.reshape(B * self.n_layers, C // self.n_layers, h, w)
+                images = images.repeat_interleave(self.n_layers, dim=0)
+            feats = self.upsampler.upsample(feats, images, scale=None if self.opts.out_size else self.opts.scale,
+                                            size=self.opts.out_size)
+            if self.n_layers > 1:
+                feats = feats.reshape(-1, self.backbone.channels, *feats.shape[-2:])
+        return feats.to(getattr(torch, self.opts.dtype)).cpu()
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that determines the stored features (hashed into the store's fingerprint)."""
+        up, ckpt = self.upsampler, Path(self.opts.upsampler)
+        upsampler = {"name": "none"} if up is None else {
+            "name": up.name,
+            "checkpoint": str(ckpt) if ckpt.is_file() else None,
+            "checkpoint_sha256": file_sha256(ckpt) if ckpt.is_file() else None,
+            "config": up.config,
+        }
+        return {
+            "wrcli_version": __version__,
+            "backbone": self.backbone.config(),
+            "upsampler": upsampler,
+            "scale": None if self.opts.out_size else self.opts.scale,
+            "out_size": list(self.opts.out_size) if self.opts.out_size else None,
+            "resize": self.policy.to_dict(),
+            "normalisation": {"mean": list(self.backbone.mean), "std": list(self.backbone.std), "on": "device"},
+            "dtype": self.opts.dtype,
+        }
+
+
+def shard_size_for(channels: int, grid: tuple[int, int], dtype: str) -> int:
+    per_image = channels * grid[0] * grid[1] * np.dtype(dtype).itemsize
+    return int(max(1, min(MAX_SHARD_IMAGES, SHARD_BYTES // per_image)))
+
+
+class _ShardWriter(threading.Thread):
+    """Writes finished shards in the background; the first error is re-raised in the main thread."""
+
+    def __init__(self, writer, on_written: Callable[[int, list[ImageRecord]], None]):
+        super().__init__(daemon=True, name="wrc-writer")
+        self.writer, self.on_written = writer, on_written
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while (job := self.queue.get()) is not None:
+            if self.error is None:
+                k, features, records = job
+                try:
+                    self.writer.write_shard(k, features, records)
+                    self.on_written(k, records)
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                    self.error = exc
+
+    def submit(self, job) -> None:
+        self.check()
+        self.queue.put(job)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.join()
+        self.check()
+
+
+def extract(
+    src: str, out: str, opts: ExtractOptions = ExtractOptions(), *, stdin: TextIO | None = None,
+    on_record: Callable[[dict], None] | None = None, progress: bool = True, command_line: str = "",
+) -> dict:
+    """Run (or resume) an extraction; returns the summary (rank 0: of the whole store; others: their part)."""
+    rank = current_rank()
+    fmt = store_format(out, opts.format)
+    source = discover(src, stdin=stdin, limit=opts.limit)
+    device = resolve_device(opts.device, rank)
+    model = Extractor(opts, device)
+    grid = model.grid()
+    settings = model.settings()
+    settings["shard_size"] = opts.shard_size or shard_size_for(model.backbone.channels, grid, opts.dtype)
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    spec = StoreSpec(
+        n_images=len(source.items), channels=model.backbone.channels, height=grid[0], width=grid[1],
+        dtype=opts.dtype, shard_size=settings["shard_size"],
+        metadata={
+            **settings, "fingerprint": fingerprint, "images_sha256": source.sha256(), "format": fmt,
+            "source": {"kind": source.kind, "root": source.root}, "command_line": command_line,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "options": {k: v for k, v in asdict(opts).items() if k in ("batch_size", "workers", "device")},
+        },
+    )
+    if rank.is_main:
+        create_store(out, spec, overwrite=opts.overwrite, format=fmt)
+    else:
+        wait_until(lambda: _opens(out, spec), timeout=opts.wait_timeout, what=f"rank 0 to create {out}")
+    writer = open_writer(out, spec)
+    try:
+        done = writer.done_shards()
+        mine = [k for k in range(spec.n_shards) if k % rank.world == rank.rank and k not in done]
+        stats = _run_shards(model, source, spec, mine, writer, rank, on_record, progress)
+    finally:
+        writer.close()
+    if not rank.is_main:
+        return stats
+    if rank.world > 1:
+        wait_until(lambda: _all_done(out, spec), timeout=opts.wait_timeout, what="the other ranks to finish their shards")
+    summary = finalize_store(out)
+    summary.update(seconds=stats["seconds"], images_per_s=stats["images_per_s"], processed=stats["processed"])
+    return summary
+
+
+def _opens(out: str, spec: StoreSpec) -> bool:
+    try:
+        open_writer(out, spec).close()
+        return True
+    except WrcError:
+        return False
+
+
+def _all_done(out: str, spec: StoreSpec) -> bool:
+    writer = open_writer(out, spec)
+    try:
+        return len(writer.done_shards()) == spec.n_shards
+    finally:
+        writer.close()
+
+
+def _run_shards(model: Extractor, source, spec: StoreSpec, shards: list[int], writer, rank: Rank,
+                on_record: Callable[[dict], None] | None, show_progress: bool) -> dict:
+    items = [(i, source.items[i][1]) for k in shards for i in spec.shard_range(k)]
+    bar = Progress(len(items), "extract" if rank.world == 1 else f"extract[rank {rank.rank}]", enabled=show_progress)
+    counts = {"ok": 0, "failed": 0}
+
+    def written(k: int, records: list[ImageRecord]) -> None:
+        for i, rec in zip(spec.shard_range(k), records):
+            counts["failed" if rec.error else "ok"] += 1
+            if on_record is not None:
+                on_record({"index": i, "path": rec.name, "status": "failed" if rec.error else "ok", "error": rec.error or None,
+                           "orig_hw": list(rec.orig_hw), "input_hw": list(rec.input_hw), "feat_hw": list(rec.feat_hw), "shard": k})
+
+    sink = _ShardWriter(writer, written)
+    sink.start()
+    loader = DataLoader(
+        ImageDataset(items, model.policy), batch_size=None, num_workers=model.opts.workers,
+        pin_memory=model.device.type == "cuda", prefetch_factor=4 if model.opts.workers else None,
+    )
+    start = time.monotonic()
+    try:
+        shard = None
+        for item in loader:
+            k = item["index"] // spec.shard_size
+            if shard is None or k != shard.k:
+                if shard is not None:
+                    sink.submit(shard.finish(model))
+                shard = _Shard(k, spec, source, bar)
+            shard.add(item, model)
+        if shard is not None:
+            sink.submit(shard.finish(model))
+        sink.finish()
+    except BaseException:
+        sink.queue.put(None)  # let the thread end; unwritten shards stay undone and are redone on rerun
+        raise
+    finally:
+        bar.close()
+    seconds = time.monotonic() - start
+    return {**counts, "processed": len(items), "seconds": seconds, "images_per_s": len(items) / max(seconds, 1e-9)}
+
+
+class _Shard:
+    """One shard in flight: its padded feature buffer, its records, and size buckets awaiting a batch."""
+
+    def __init__(self, k: int, spec: StoreSpec, source, bar: Progress):
+        self.k, self.spec, self.bar = k, spec, bar
+        self.first = spec.shard_range(k).start
+        n = len(spec.shard_range(k))
+        self.features = np.zeros((n, spec.channels, spec.height, spec.width), dtype=spec.dtype)
+        self.records: list[ImageRecord | None] = [None] * n
+        self.names = [source.items[i][0] for i in spec.shard_range(k)]
+        self.buckets: dict[tuple[int, int], list[dict]] = defaultdict(list)
+
+    def add(self, item: dict, model: Extractor) -> None:
+        j = item["index"] - self.first
+        if item["error"]:
+            orig = tuple(item["orig_hw"]) if item["orig_hw"] else (0, 0)
+            self.records[j] = ImageRecord(self.names[j], orig, (0, 0), (0, 0), item["error"])
+            self.bar.advance()
+            return
+        key = tuple(item["pixels"].shape[-2:])
+        self.buckets[key].append(item)
+        if len(self.buckets[key]) == model.opts.batch_size:
+            self._run(self.buckets.pop(key), model)
+
+    def _run(self, batch: list[dict], model: Extractor) -> None:
+        feats = model(torch.stack([it["pixels"] for it in batch])).numpy()
+        fh, fw = feats.shape[-2:]
+        for it, f in zip(batch, feats):
+            j = it["index"] - self.first
+            self.features[j, :, :fh, :fw] = f
+            input_hw = tuple(it["pixels"].shape[-2:])
+            self.records[j] = ImageRecord(self.names[j], tuple(it["orig_hw"]), input_hw, (fh, fw))
+        self.bar.advance(len(batch))
+
+    def finish(self, model: Extractor):
+        for batch in self.buckets.values():
+            self._run(batch, model)
+        self.buckets.clear()
+        assert all(r is not None for r in self.records), "every image of a shard is recorded before it is written"
+        return self.k, self.features, self.records

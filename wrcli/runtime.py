@@ -1,0 +1,61 @@
+"""Process-level context: which rank this is (torchrun or SLURM), which device to use, waiting on others."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from wrcli.errors import WrcError
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current_rank() -> Rank:
+    """Rank and world size from torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or SLURM (SLURM_PROCID/SLURM_NTASKS)."""
+    env = os.environ
+    if "WORLD_SIZE" in env:
+        return Rank(int(env.get("RANK", 0)), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
+        return Rank(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    return Rank()
+
+
+def resolve_device(spec: str, rank: Rank) -> torch.device:
+    """``auto`` → this rank's CUDA device when there is one, else CPU; ``cuda`` picks the local rank's GPU."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise WrcError(f"--device {spec}: no CUDA device is available here; use --device cpu")
+        if spec == "cuda":
+            return torch.device("cuda", rank.local_rank % torch.cuda.device_count())
+    try:
+        return torch.device(spec)
+    except RuntimeError as exc:
+        raise WrcError(f"--device {spec!r} is not a device (use auto, cpu, cuda or cuda:N)") from exc
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, poll: float = 0.5) -> None:
+    """Poll ``condition`` until it holds; WrcError after ``timeout`` seconds.
+
+    Ranks coordinate only through the store they share (it exists; all shards are done), so the same
+    code runs under torchrun, under SLURM's srun, and by hand, with no rendezvous.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise WrcError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
