@@ -134,7 +134,7 @@ def extract_cmd(
         src, out, opts, stdin=sys.stdin if src == "-" else None, on_record=_print_json if jsonl else None,
         progress=True, command_line=shlex.join(["wrc", *sys.argv[1:]]),
     )
-    if "failed" not in summary:  # a rank other than 0: rank 0 reports the whole store
+    if summary["rank"] != 0:  # rank 0 reports the whole store
         return
     if json_out:
         _print_json(summary)

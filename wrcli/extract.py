@@ -172,7 +172,8 @@ def extract(
     src: str, out: str, opts: ExtractOptions = ExtractOptions(), *, stdin: TextIO | None = None,
     on_record: Callable[[dict], None] | None = None, progress: bool = True, command_line: str = "",
 ) -> dict:
-    """Run (or resume) an extraction; returns the summary (rank 0: of the whole store; others: their part)."""
+    """Run (or resume) an extraction. Rank 0 returns the summary of the whole store; other ranks return
+    ``{"rank": r, ...}`` with the counts of their own shards."""
     rank = current_rank()
     fmt = store_format(out, opts.format)
     source = discover(src, stdin=stdin, limit=opts.limit)
@@ -204,11 +205,11 @@ def extract(
     finally:
         writer.close()
     if not rank.is_main:
-        return stats
+        return {"rank": rank.rank, **stats}
     if rank.world > 1:
         wait_until(lambda: _all_done(out, spec), timeout=opts.wait_timeout, what="the other ranks to finish their shards")
     summary = finalize_store(out)
-    summary.update(seconds=stats["seconds"], images_per_s=stats["images_per_s"], processed=stats["processed"])
+    summary.update(rank=0, seconds=stats["seconds"], images_per_s=stats["images_per_s"], processed=stats["processed"])
     return summary
 
 
