@@ -34,7 +34,7 @@ from wrcli.progress import Progress
 from wrcli.runtime import Rank, current_rank, resolve_device, wait_until
 from wrcli.stores import ImageRecord, StoreSpec, create_store, finalize_store, open_writer, store_format
 
-SHARD_BYTES = 64 << 20  # uncompressed bytes of features per shard (bounds memory and the redo after a crash)
+SHARD_BYTES = 256 << 20  # padded bytes of features per shard (bounds memory and the redo after a crash)
 MAX_SHARD_IMAGES = 256
 
 
@@ -56,7 +56,7 @@ class ExtractOptions:
     limit: int | None = None
     overwrite: bool = False
     format: str | None = None
-    shard_size: int | None = None  # images per shard (the unit of work and of resume); default: ~64 MiB of features
+    shard_size: int | None = None  # images per shard (the unit of work and of resume); default: ~256 MiB of padded features
     wait_timeout: float = 86400.0
 
 
@@ -141,7 +141,7 @@ class _ShardWriter(threading.Thread):
     def __init__(self, writer, on_written: Callable[[int, list[ImageRecord]], None]):
         super().__init__(daemon=True, name="wrc-writer")
         self.writer, self.on_written = writer, on_written
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
 
     def run(self) -> None:

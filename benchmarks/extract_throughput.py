@@ -1,0 +1,148 @@
+"""End-to-end `wrc extract` throughput against forward-only throughput, peak memory and bytes per image.
+
+Forward-only = the same images, decoded and resized beforehand with the same policy, held in memory as the
+same size-bucketed uint8 batches, run through normalisation + backbone + upsampler + cast to the stored dtype
+(what extract computes), with no decoding and no writing. End-to-end = the `wrc extract` command itself
+(decode in workers, compute, background writes), timed from its first image to its last shard written, plus
+its whole wall time. Peak memory is the PSS summed over the process tree (main process + DataLoader workers),
+sampled every 0.2 s.
+
+    python benchmarks/extract_throughput.py --images ../shared/data/photos --weights W.safetensors \
+        --n 200 --rss 100,1000 --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+import torch
+
+
+def tree_pss_kib(pid: int) -> int:
+    """Proportional set size of a process and all its descendants, from /proc (KiB): pages shared between
+    the main process and its forked DataLoader workers are counted once, not once per process."""
+    total, todo = 0, [pid]
+    children: dict[int, list[int]] = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children[int(fields[1])].append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+        todo.extend(children.get(p, []))
+    return total
+
+
+def run_extract(src: Path, out: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "wrcli", "extract", str(src), str(out), "--backbone-weights", args.weights,
+           "--upsampler", args.upsampler, "--size", str(args.size), "--batch-size", str(args.batch_size),
+           "--workers", str(args.workers), "--device", "cpu", "--json", "--overwrite"]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_pss_kib(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, _ = proc.communicate()
+    sampler.join()
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"wrc extract failed ({proc.returncode}): {' '.join(cmd)}")
+    summary = json.loads(stdout)
+    return {"images_per_s": summary["images_per_s"], "wall_s": time.monotonic() - start, "peak_pss_mib": peak[0] / 1024,
+            "bytes_per_image": summary["bytes_on_disk"] / summary["n_images"], "n": summary["n_images"]}
+
+
+def forward_only(files: list[Path], args: argparse.Namespace) -> float:
+    from wrcli.backbones import load_backbone
+    from wrcli.data import ResizePolicy, load_image
+    from wrcli.models import load_upsampler
+
+    backbone = load_backbone(weights=args.weights)
+    upsampler = load_upsampler(args.upsampler, backbone).eval()
+    policy = ResizePolicy(size=args.size, patch=backbone.patch_size)
+    buckets: dict[tuple, list] = defaultdict(list)
+    for f in files:
+        pixels, _ = load_image(str(f), policy)
+        buckets[pixels.shape].append(torch.from_numpy(pixels).permute(2, 0, 1))
+    batches = [torch.stack(v[i : i + args.batch_size]) for v in buckets.values() for i in range(0, len(v), args.batch_size)]
+    with torch.inference_mode():
+        start = time.monotonic()
+        for x in batches:
+            images = backbone.normalize(x)
+            upsampler.upsample(backbone(images), images, scale=2).half().cpu()
+        return len(files) / (time.monotonic() - start)
+
+
+def image_folder(images: Path, n: int, into: Path) -> Path:
+    """A folder of n images (symlinks, cycling through the source photos under distinct names)."""
+    photos = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    into.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        link = into / f"{i:05d}-{photos[i % len(photos)].name}"
+        if not link.exists():
+            link.symlink_to(photos[i % len(photos)].resolve())
+    return into
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--upsampler", default="wrc")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rss", default="100,1000", help="image counts for the peak-memory comparison ('' to skip)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = image_folder(args.images, args.n, tmp / f"n{args.n}")
+        fwd = forward_only(sorted(src.iterdir()), args)
+        e2e = run_extract(src, tmp / "e2e.zarr", args)
+        result = {
+            "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "settings": vars(args) | {"images": str(args.images), "json": None},
+            "forward_only_images_per_s": fwd, "end_to_end": e2e, "ratio": e2e["images_per_s"] / fwd,
+            "rss": {},
+        }
+        for n in [int(v) for v in args.rss.split(",") if v]:
+            folder = image_folder(args.images, n, tmp / f"n{n}")
+            result["rss"][n] = run_extract(folder, tmp / f"rss{n}.zarr", args)
+        counts = sorted(result["rss"])
+        if len(counts) >= 2:
+            result["rss_ratio"] = result["rss"][counts[-1]]["peak_pss_mib"] / result["rss"][counts[0]]["peak_pss_mib"]
+    print(json.dumps(result, indent=2, default=str))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
