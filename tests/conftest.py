@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import safetensors.torch
+import timm
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 DINOV2_WEIGHTS = Path(os.environ.get("WRC_TEST_WEIGHTS", REPO.parent / "shared/weights/dinov2_vits14.safetensors"))
 PHOTOS = Path(os.environ.get("WRC_TEST_PHOTOS", REPO.parent / "shared/data/photos"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ARCH = "vit_small_patch14_dinov2"
 
 
 @pytest.fixture
@@ -25,3 +30,25 @@ def dinov2_weights() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def vits_weights(tmp_path_factory) -> Path:
+    """Random-init ViT-S/14 weights in timm layout: the real architecture without depending on real weights."""
+    torch.manual_seed(0)
+    model = timm.create_model(ARCH, pretrained=False, dynamic_img_size=True)
+    path = tmp_path_factory.mktemp("weights") / "vits14-random.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def photos(folder: Path, n: int, seed: int = 0) -> Path:
+    """n small smooth colour images of a few different aspect ratios."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = [(60, 80), (80, 60), (70, 70), (50, 90)]
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        base = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC).save(folder / f"img {i:03d}.jpg", quality=95)
+    return folder

@@ -13,10 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.torch
-import timm
 import torch
-import zarr
 from PIL import Image
 
 from wrcli import cli
@@ -25,30 +22,7 @@ from wrcli.data import ResizePolicy, load_image
 from wrcli.models import load_upsampler
 from wrcli.stores import open_store
 
-REPO = Path(__file__).resolve().parents[1]
-ARCH = "vit_small_patch14_dinov2"
-
-
-@pytest.fixture(scope="session")
-def vits_weights(tmp_path_factory) -> Path:
-    """Random-init ViT-S/14 weights in timm layout: the real architecture without depending on real weights."""
-    torch.manual_seed(0)
-    model = timm.create_model(ARCH, pretrained=False, dynamic_img_size=True)
-    path = tmp_path_factory.mktemp("weights") / "vits14-random.safetensors"
-    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
-    return path
-
-
-def photos(folder: Path, n: int, seed: int = 0) -> Path:
-    """n small smooth colour images of a few different aspect ratios."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    sizes = [(60, 80), (80, 60), (70, 70), (50, 90)]
-    for i in range(n):
-        h, w = sizes[i % len(sizes)]
-        base = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
-        Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC).save(folder / f"img {i:03d}.jpg", quality=95)
-    return folder
+from .conftest import ARCH, photos
 
 
 def run_cli(args: list[str], capsys, monkeypatch, stdin: str | None = None) -> tuple[int, str, str]:

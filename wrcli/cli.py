@@ -170,11 +170,36 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> None:
     sys.exit(code)
 
 
+def config_defaults(path: str | None = None) -> dict:
+    """Defaults per command from a TOML file (``$WRC_CONFIG``, else ``~/.config/wrc/config.toml``), e.g.
+
+        [extract]
+        backbone-weights = "/data/weights/dinov2_vits14.safetensors"
+        batch-size = 16
+
+    Precedence: command-line flags > ``WRC_*`` environment variables > this file > built-in defaults.
+    """
+    import tomllib
+
+    file = path or os.environ.get("WRC_CONFIG") or os.path.join(os.path.expanduser("~"), ".config", "wrc", "config.toml")
+    if not os.path.isfile(file):
+        if path or os.environ.get("WRC_CONFIG"):
+            raise WrcError(f"config file {file} does not exist (set by WRC_CONFIG)")
+        return {}
+    try:
+        with open(file, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise WrcError(f"cannot read config file {file}: {exc}") from exc
+    return {cmd: {key.replace("-", "_"): value for key, value in section.items()}
+            for cmd, section in data.items() if isinstance(section, dict)}
+
+
 def main() -> None:
     """Console entry point: usage errors exit 2 (typer's message); any other error is one line, exit 1,
     no traceback unless --debug."""
     try:
-        app()
+        app(default_map=config_defaults())
     except KeyboardInterrupt:
         typer.echo("wrc: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)

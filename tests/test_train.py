@@ -1,0 +1,338 @@
+"""wrc train: the loss and crop geometry, learning, exact resume, the feature cache, validation, failures, DDP.
+
+Everything runs on a tiny random-init ViT (2 blocks, 64 channels, weights saved to a file so every run and
+every check sees the same backbone) at size 112 (56-px low-res view, 4×4 tokens → 8×8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from wrcli.backbones import Backbone, load_backbone
+from wrcli.data.images import ResizePolicy, load_image
+from wrcli.errors import WrcError
+from wrcli.models import load_upsampler
+from wrcli.train import TrainOptions, train
+from wrcli.training import cosine_mse, crop_offsets, crop_views, crop_windows, lr_factor
+from wrcli.training.recipe import crop_positions
+
+ARCH = "vit_small_patch14_dinov2"
+TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 112}
+SIZE = 112
+
+
+def _photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Smooth colour gradients, a few rectangles and mild noise: some structure to upsample."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([np.sin(6 * x + rng.uniform(0, 6)), np.cos(5 * y + rng.uniform(0, 6)), np.sin(4 * (x + y))], -1)
+    img = (img + 1) * 100
+    for _ in range(4):
+        top, left = rng.integers(0, h - 10), rng.integers(0, w - 10)
+        img[top : top + rng.integers(5, 30), left : left + rng.integers(5, 30)] = rng.uniform(0, 255, 3)
+    return (img + rng.normal(0, 5, img.shape)).clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    for folder, count in (("images", 6), ("val", 2)):
+        (root / folder).mkdir()
+        for i in range(count):
+            h, w = rng.integers(80, 160, 2)
+            Image.fromarray(_photo(rng, h, w)).save(root / folder / f"{folder}{i}.{'png' if i % 2 else 'jpg'}")
+    weights = {}
+    for name, seed, kwargs in (("tiny", 0, TINY), ("other", 1, {**TINY, "depth": 1})):
+        torch.manual_seed(seed)
+        backbone = load_backbone(ARCH, pretrained=False, **kwargs)
+        save_file(backbone.model.state_dict(), root / f"{name}.safetensors")
+        weights[name] = str(root / f"{name}.safetensors")
+    return {"root": root, "images": str(root / "images"), "val": str(root / "val"), "weights": weights}
+
+
+def options(setup: dict, **changes) -> TrainOptions:
+    base = TrainOptions(
+        steps=6, batch_size=2, lr=1e-3, warmup=2, size=SIZE, backbone=ARCH, backbone_weights=setup["weights"]["tiny"],
+        backbone_kwargs=TINY, workers=0, val=setup["val"], val_every=0, log_every=1, checkpoint_every=100,
+        progress=False,
+    )
+    return replace(base, **changes)
+
+
+def weights_of(path: str | Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# pure functions
+# ---------------------------------------------------------------------------------------------------
+def test_cosine_mse_hand_computed():
+    # pixel 1: prediction = target → no loss; pixel 2: orthogonal, target (0,0,2) has min 0, max 2.
+    target = torch.tensor([[[[1.0, 0.0]], [[2.0, 0.0]], [[3.0, 2.0]]]])  # (1,3,1,2)
+    pred = torch.tensor([[[[1.0, 2.0]], [[2.0, 0.0]], [[3.0, 0.0]]]])
+    span = 2 + 1e-6
+    expected = (0 + 1) / 2 + ((2 / span) ** 2 + (2 / span) ** 2) / 6
+    assert cosine_mse(pred, target).item() == pytest.approx(expected, rel=1e-6)
+    assert cosine_mse(target, target).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_cosine_mse_matches_torch_losses():
+    """Against the loss built from torch.nn.CosineEmbeddingLoss and MSELoss on target-normalised maps."""
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 5, 3, 4, generator=g), torch.randn(2, 5, 3, 4, generator=g)
+    p, t = (x.permute(0, 2, 3, 1).reshape(-1, 5) for x in (pred, target))
+    lo, hi = t.min(1, keepdim=True).values, t.max(1, keepdim=True).values
+    ref = torch.nn.CosineEmbeddingLoss()(p, t, torch.ones(len(p))) + torch.nn.MSELoss()(
+        (p - lo) / (hi - lo + 1e-6), (t - lo) / (hi - lo + 1e-6)
+    )
+    assert cosine_mse(pred, target).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_crop_offsets_are_patch_aligned():
+    assert crop_positions(448, 14) == 9  # offsets 0, 28, ..., 224
+    offsets = crop_offsets(torch.Generator().manual_seed(0), 1000, 448, 14)
+    assert offsets.shape == (1000, 2) and (offsets % 28 == 0).all()
+    assert offsets.min() == 0 and offsets.max() == 224
+
+
+def test_crop_targets_line_up_with_output_windows():
+    """A pixel-local 'backbone' (14×14 average pooling): the features of each crop must equal the window of
+    the full image's feature map that crop_windows picks, exactly."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    offsets = torch.stack([crop_offsets(g, 3, SIZE, 14) for _ in range(2)])  # (B,K,2)
+    crops = torch.cat([crop_views(img, o) for img, o in zip(images, offsets)])  # (B·K,3,56,56)
+    feature_map = F.avg_pool2d(images.double(), 14)  # (B,3,8,8): the 2× grid of a 56-px view
+    assert torch.equal(crop_windows(feature_map, offsets, 14), F.avg_pool2d(crops.double(), 14))
+    top, left = offsets[1, 2].tolist()
+    assert torch.equal(crop_windows(feature_map, offsets, 14)[5], feature_map[1, :, top // 14 : top // 14 + 4, left // 14 : left // 14 + 4])
+
+
+def test_lr_schedule_warms_up_then_decays():
+    factors = [lr_factor(s, 100, 10) for s in range(100)]
+    assert factors[:3] == pytest.approx([0.1, 0.2, 0.3]) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and 0 < factors[-1] < 0.01
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert lr_factor(0, 5, 0) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------------
+def test_training_reduces_the_loss_and_writes_a_loadable_model(setup, tmp_path, capsys):
+    out = tmp_path / "wrc.safetensors"
+    result = train(setup["images"], str(out), options(setup, steps=30, warmup=3, progress=True, log_every=5))
+    logs = [json.loads(line) for line in (tmp_path / "wrc.safetensors.log.jsonl").read_text().splitlines()]
+    steps = [r for r in logs if "loss" in r]
+    assert [r["step"] for r in steps] == [5, 10, 15, 20, 25, 30]
+    assert set(steps[0]) == {"step", "loss", "local", "down", "aug", "lr", "images_per_s", "elapsed"}
+    assert steps[-1]["loss"] < 0.8 * steps[0]["loss"], [r["loss"] for r in steps]
+    assert result["completed"] and result["steps"] == 30 and result["images"] == 6 and result["skipped"] == 0
+    assert set(result["losses"]) == {"loss", "local", "down", "aug"}
+    assert "loss" in capsys.readouterr().err
+
+    model = load_upsampler(out)
+    assert model.name == "wrc" and model.channels == 64
+    prov = model.provenance
+    assert prov["steps"] == 30 and prov["data"]["images"] == 6 and prov["data"]["validation"]["images"] == 2
+    assert prov["validation"] == result["validation"] and prov["options"]["lr"] == 1e-3
+    assert {"torch", "timm", "device", "seconds", "command"} <= set(prov)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["live", "cached"])
+def test_resume_equals_uninterrupted(setup, tmp_path, cached):
+    cache = str(tmp_path / "cache") if cached else None
+    whole = tmp_path / "whole.safetensors"
+    train(setup["images"], str(whole), options(setup, cache=cache, workers=2))
+    parts = tmp_path / "parts.safetensors"
+    first = train(setup["images"], str(parts), options(setup, cache=cache, stop_after=3))
+    assert not first["completed"] and first["steps"] == 3 and not parts.exists()
+    second = train(setup["images"], str(parts), options(setup, cache=cache, resume=True))
+    assert second["completed"] and second["steps"] == 6
+    assert_bitwise_equal(weights_of(whole), weights_of(parts))
+    logged = [json.loads(x)["step"] for x in (tmp_path / "parts.safetensors.log.jsonl").read_text().splitlines()]
+    assert [s for s in logged] == [1, 2, 3, 4, 5, 6, 6]  # the last line is the final validation
+
+
+def test_ctrl_c_saves_the_state_and_resume_finishes_identically(setup, tmp_path):
+    out = tmp_path / "m.safetensors"
+    log = tmp_path / "m.safetensors.log.jsonl"
+    opts = options(setup, steps=8)
+
+    def interrupt_when_training() -> None:
+        while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_training, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        train(setup["images"], str(out), opts)
+    stopped = torch.load(f"{out}.state.pt", weights_only=True)["step"]
+    assert 2 <= stopped < 8
+    train(setup["images"], str(out), replace(opts, resume=True))
+    whole = tmp_path / "whole.safetensors"
+    train(setup["images"], str(whole), opts)
+    assert_bitwise_equal(weights_of(whole), weights_of(out))
+
+
+def test_state_file_loads_weights_only_and_refuses_changed_options(setup, tmp_path):
+    out = tmp_path / "m.safetensors"
+    train(setup["images"], str(out), options(setup, stop_after=2))
+    state = torch.load(f"{out}.state.pt", weights_only=True)
+    assert state["step"] == 2 and state["options"]["lr"] == 1e-3
+    assert {"model", "optimizer", "scheduler", "rng", "fingerprint", "seconds"} <= set(state)
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
+    for change in ({"lr": 5e-4}, {"solver": "exact"}, {"batch_size": 3}, {"seed": 1}):
+        with pytest.raises(WrcError, match=next(iter(change))) as err:
+            train(setup["images"], str(out), options(setup, resume=True, **change))
+        assert "\n" not in str(err.value)
+    fewer = [str(p) for p in sorted(Path(setup["images"]).iterdir())[:5]]
+    with pytest.raises(WrcError, match="data_sha256"):
+        train(fewer, str(out), options(setup, resume=True))
+    with pytest.raises(WrcError, match="backbone"):
+        train(setup["images"], str(out), options(setup, resume=True, backbone_weights=setup["weights"]["other"],
+                                                 backbone_kwargs={**TINY, "depth": 1}))
+    # options that do not change the result are free to change
+    result = train(setup["images"], str(out), options(setup, resume=True, workers=1, log_every=3, stop_after=3))
+    assert result["steps"] == 3
+
+
+def test_cached_training_never_calls_the_backbone_and_stale_entries_are_rebuilt(setup, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    train(setup["images"], str(tmp_path / "a.safetensors"), options(setup, cache=str(cache), steps=2))
+    files = sorted(cache.rglob("*.safetensors"))
+    assert len(files) == 8 and sum(f.name.endswith(".val.safetensors") for f in files) == 2
+
+    original = Backbone.forward
+
+    def refuse(self, images):
+        raise AssertionError("the backbone ran although every feature is cached")
+
+    monkeypatch.setattr(Backbone, "forward", refuse)
+    result = train(setup["images"], str(tmp_path / "b.safetensors"), options(setup, cache=str(cache), steps=3))
+    assert result["completed"] and result["validation"]["images"] == 2
+
+    calls = []
+
+    def counting(self, images):
+        calls.append(images.shape[0])
+        return original(self, images)
+
+    monkeypatch.setattr(Backbone, "forward", counting)
+    keys = {f: safe_open(str(f), "pt").metadata()["wrcli-cache"] for f in files}
+    other = {"backbone_weights": setup["weights"]["other"], "backbone_kwargs": {**TINY, "depth": 1}}
+    train(setup["images"], str(tmp_path / "c.safetensors"), options(setup, cache=str(cache), steps=2, **other))
+    assert calls, "stale entries must be rebuilt with the new backbone"
+    assert all(safe_open(str(f), "pt").metadata()["wrcli-cache"] != keys[f] for f in files)
+
+
+def test_validation_reports_model_and_an_independent_bilinear(setup, tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = train(setup["images"], str(out), options(setup, steps=2))
+    backbone = load_backbone(ARCH, setup["weights"]["tiny"], **TINY)
+    model = load_upsampler(out, backbone)
+    sums = {"model": [0.0, 0.0], "bilinear": [0.0, 0.0]}
+    paths = sorted(Path(setup["val"]).iterdir())
+    with torch.no_grad():
+        for path in paths:
+            pixels, _ = load_image(str(path), ResizePolicy(size=SIZE, patch=14, crop=True))
+            image = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+            low = F.interpolate(image.float(), size=(SIZE // 2,) * 2, mode="bilinear", antialias=True)
+            low = low.round().clamp(0, 255).to(torch.uint8)
+            feats, target = backbone(backbone.normalize(low)), backbone(backbone.normalize(image))
+            for name, up in (("model", model(feats, backbone.normalize(low))),
+                             ("bilinear", F.interpolate(feats, scale_factor=2, mode="bilinear"))):
+                sums[name][0] += F.cosine_similarity(up, target, dim=1).mean().item() / len(paths)
+                sums[name][1] += (up - target).square().mean().item() / len(paths)
+    val = result["validation"]
+    assert val["images"] == 2
+    for name in ("model", "bilinear"):
+        assert val[name]["cos"] == pytest.approx(sums[name][0], abs=1e-5)
+        assert val[name]["mse"] == pytest.approx(sums[name][1], rel=1e-5)
+    assert val["model"] != val["bilinear"]
+
+
+def test_fraction_split_is_deterministic_by_name(setup, tmp_path):
+    opts = options(setup, steps=1, val=0.5, batch_size=1)
+    a = train(setup["images"], str(tmp_path / "a.safetensors"), opts)
+    b = train(setup["images"], str(tmp_path / "b.safetensors"), opts)
+    assert a["validation"]["images"] + a["images"] == 6
+    assert (a["images"], a["validation"]["images"]) == (b["images"], b["validation"]["images"])
+
+
+def test_unreadable_images_are_skipped_and_too_few_fail(setup, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, src in enumerate(sorted(Path(setup["images"]).iterdir())[:3]):
+        (folder / f"ok{i}{src.suffix}").write_bytes(src.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match="skipping 2 unreadable training"):
+        result = train(str(folder), str(tmp_path / "m.safetensors"), options(setup, steps=1))
+    assert result["images"] == 3 and result["skipped"] == 2
+    with pytest.warns(UserWarning), pytest.raises(WrcError, match="only 3 readable training image"):
+        train(str(folder), str(tmp_path / "n.safetensors"), options(setup, steps=1, batch_size=4))
+
+
+# ---------------------------------------------------------------------------------------------------
+# DDP
+# ---------------------------------------------------------------------------------------------------
+DDP_SCRIPT = """
+import json, sys
+from dataclasses import replace
+from wrcli.train import TrainOptions, train
+opts = TrainOptions(**json.loads(sys.argv[1]))
+result = train(sys.argv[2], sys.argv[3], opts)
+print("RESULT", json.dumps({k: result[k] for k in ("steps", "completed", "images", "validation")}))
+"""
+
+
+def test_ddp_two_processes_on_cpu(setup, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "run.py"
+    script.write_text(DDP_SCRIPT)
+    opts = {
+        "steps": 3, "batch_size": 2, "lr": 1e-3, "warmup": 0, "size": SIZE, "backbone": ARCH,
+        "backbone_weights": setup["weights"]["tiny"], "backbone_kwargs": TINY, "workers": 0, "val": setup["val"],
+        "log_every": 1, "progress": False,
+    }
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port", str(port),
+           str(script), json.dumps(opts), setup["images"], str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(results) == 2 and all(r["completed"] and r["steps"] == 3 for r in results)
+    assert results[0]["validation"] == results[1]["validation"]  # both ranks report the all-reduced numbers
+    model = load_upsampler(out)
+    assert model.provenance["processes"] == 2 and model.provenance["steps"] == 3
+    logged = [json.loads(x) for x in (tmp_path / "ddp.safetensors.log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3]  # one writer: rank 0
+    assert logged[0]["images_per_s"] > 0
