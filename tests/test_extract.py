@@ -198,6 +198,8 @@ def test_bad_inputs_are_recorded_and_the_run_continues(tmp_path, vits_weights, c
     assert all(reasons.values()) and all("\n" not in r for r in reasons.values())
     assert "bomb" in reasons["bomb.png"] and "patch" in reasons["tiny.png"]
     assert rotated.orig_hw == (80, 64)  # EXIF orientation 6 applied
+    code, info, _ = run_cli(["info", str(out)], capsys, monkeypatch)
+    assert code == 0 and "13: 7 ok, 6 failed, 0 pending" in info and "bomb.png:" in info
 
 
 def test_usage_errors_are_one_line(tmp_path, vits_weights, capsys, monkeypatch):

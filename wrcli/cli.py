@@ -159,8 +159,30 @@ def info_cmd(
     if json_out:
         _print_json(info)
         return
-    for key, value in info.items():
-        typer.echo(f"{key:>16}: {value}")
+    for key, value in _info_lines(info):
+        typer.echo(f"{key:>12}  {value}")
+
+
+def _info_lines(info: dict) -> list[tuple[str, str]]:
+    """The summary as short human-readable lines (``--json`` has everything)."""
+    backbone, upsampler, resize = info.get("backbone") or {}, info.get("upsampler") or {}, info.get("resize") or {}
+    sha = backbone.get("weights_sha256")
+    ckpt = upsampler.get("checkpoint")
+    config = upsampler.get("config") or {}
+    shape = "centre crop" if resize.get("crop") else f"long side ≤ {resize.get('max_side')}"
+    lines = [
+        ("store", f"{info['path']} ({info['format']}, {info['bytes_on_disk'] / 2**20:.1f} MiB on disk)"),
+        ("images", f"{info['n_images']}: {info['ok']} ok, {info['failed']} failed, {info['pending']} pending"),
+        ("complete", f"{'yes' if info['complete'] else 'no'} ({info['done_shards']}/{info['n_shards']} shards)"
+                     f"{'' if info['finalized'] else ', not finalized: rerun the same wrc extract command'}"),
+        ("features", f"{tuple(info['shape'])} {info['dtype']} (padded; each image's valid region is feat_hw)"),
+        ("backbone", f"{backbone.get('name')} layers {backbone.get('layers')}" + (f" weights {sha[:12]}…" if sha else "")),
+        ("upsampler", f"{upsampler.get('name')}" + (f" solver {config['solver']}" if config.get("solver") else "")
+                      + (f" checkpoint {ckpt}" if ckpt else "") + (f" ×{info['scale']}" if info.get("scale") else "")),
+        ("resize", f"short side {resize.get('size')}, patch {resize.get('patch')}, " + shape),
+    ]
+    lines += [("failed", f"{f['name']}: {f['error']}") for f in info.get("failures", [])]
+    return lines
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> None:
