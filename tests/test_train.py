@@ -302,12 +302,11 @@ def test_unreadable_images_are_skipped_and_too_few_fail(setup, tmp_path):
 # DDP
 # ---------------------------------------------------------------------------------------------------
 DDP_SCRIPT = """
-import json, sys
-from dataclasses import replace
+import json, os, sys
 from wrcli.train import TrainOptions, train
-opts = TrainOptions(**json.loads(sys.argv[1]))
-result = train(sys.argv[2], sys.argv[3], opts)
-print("RESULT", json.dumps({k: result[k] for k in ("steps", "completed", "images", "validation")}))
+result = train(sys.argv[2], sys.argv[3], TrainOptions(**json.loads(sys.argv[1])))
+with open(f"{sys.argv[3]}.rank{os.environ['RANK']}.json", "w") as f:
+    json.dump({k: result[k] for k in ("steps", "completed", "images", "validation")}, f)
 """
 
 
@@ -328,8 +327,8 @@ def test_ddp_two_processes_on_cpu(setup, tmp_path):
            str(script), json.dumps(opts), setup["images"], str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")]
-    assert len(results) == 2 and all(r["completed"] and r["steps"] == 3 for r in results)
+    results = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["completed"] and r["steps"] == 3 for r in results)
     assert results[0]["validation"] == results[1]["validation"]  # both ranks report the all-reduced numbers
     model = load_upsampler(out)
     assert model.provenance["processes"] == 2 and model.provenance["steps"] == 3

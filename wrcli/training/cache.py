@@ -1,0 +1,146 @@
+"""The feature cache: the frozen backbone's outputs per image, computed once, for CPU training.
+
+One float16 safetensors file per image and role, ``DIR/ab/<image sha256>.<role>.safetensors``:
+
+- role ``train``: ``lr`` (uint8 low-res view, for guidance and on-the-fly augmentation), ``lr_feats``,
+  ``down_feats`` (targets of the down term) and ``variants`` crop sets ``crops.<v>`` (K crop features) with
+  ``offsets.<v>`` (their pixel offsets, drawn from the image's sha256, not from the training seed);
+- role ``val``: ``lr``, ``lr_feats`` and ``hr_feats`` (features of the full-size image: the 2× targets).
+
+The metadata key ``wrcli-cache`` holds the entry's key (format, role, size, crop count, crop sets, backbone
+config with its weights hash, image sha256); an entry whose key differs is stale and is rebuilt. Files are
+written whole (temporary file, then rename), so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from wrcli.backbones import Backbone
+from wrcli.progress import Progress
+
+from . import recipe
+from .data import ImageRef, decode
+from .targets import train_targets, val_targets
+
+FORMAT = 1
+KEY = "wrcli-cache"
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    key: str
+    image_path: str
+    image_sha256: str
+    role: str  # "train" | "val"
+
+
+def entry(root: str | os.PathLike, image_path: str, image_sha256: str, role: str, *, identity: dict, size: int,
+          crops: int, variants: int) -> Entry:
+    """Where the cache entry of one image lives and the key it must carry."""
+    fields = {"format": FORMAT, "role": role, "size": size, "backbone": identity, "image_sha256": image_sha256}
+    if role == "train":
+        fields.update(crops=crops, variants=variants)
+    path = Path(root) / image_sha256[:2] / f"{image_sha256}.{role}.safetensors"
+    return Entry(path, json.dumps(fields, sort_keys=True), image_path, image_sha256, role)
+
+
+def is_valid(e: Entry) -> bool:
+    """Whether the entry's file exists, reads, and carries the expected key."""
+    try:
+        with safe_open(str(e.path), framework="pt") as f:
+            return (f.metadata() or {}).get(KEY) == e.key
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign file: rebuild it
+        return False
+
+
+def variant_offsets(image_sha256: str, variants: int, crops: int, size: int, patch: int) -> Tensor:
+    """The cached crop sets' pixel offsets (variants, crops, 2), a pure function of the image's content."""
+    return torch.stack(
+        [
+            recipe.crop_offsets(torch.Generator().manual_seed(recipe.mix_seed("cache", image_sha256, v)), crops, size, patch)
+            for v in range(variants)
+        ]
+    )
+
+
+def read_train_entry(path: Path, variant: int) -> dict[str, Tensor]:
+    """One training sample from a train entry: lr view, features (float32), crop set ``variant`` and its offsets."""
+    with safe_open(str(path), framework="pt") as f:
+        return {
+            "lr": f.get_tensor("lr"),
+            "lr_feats": f.get_tensor("lr_feats").float(),
+            "down_feats": f.get_tensor("down_feats").float(),
+            "crop_feats": f.get_tensor(f"crops.{variant}").float(),
+            "offsets": f.get_tensor(f"offsets.{variant}"),
+        }
+
+
+def read_val_entry(path: Path) -> tuple[Tensor, Tensor, Tensor]:
+    """(lr view, lr features, full-size features) of a val entry, features as float32."""
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor("lr"), f.get_tensor("lr_feats").float(), f.get_tensor("hr_feats").float()
+
+
+class _Decode(Dataset):
+    def __init__(self, entries: Sequence[Entry], size: int, patch: int) -> None:
+        self.entries, self.size, self.patch = entries, size, patch
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor]:
+        e = self.entries[i]
+        return i, decode(ImageRef(e.image_path, e.image_path), self.size, self.patch)
+
+
+def build(entries: Sequence[Entry], backbone: Backbone, device: torch.device, *, size: int, crops: int, variants: int,
+          workers: int, progress: bool) -> None:
+    """Compute and write ``entries`` (stale or missing ones; the caller picks them), one image at a time."""
+    if not entries:
+        return
+    patch = backbone.patch_size
+    loader = DataLoader(_Decode(entries, size, patch), batch_size=None, num_workers=workers)
+    bar = Progress(len(entries), "feature cache", enabled=progress)
+    try:
+        for i, pixels in loader:
+            e = entries[i]
+            pixels = pixels.to(device)
+            if e.role == "train":
+                offsets = variant_offsets(e.image_sha256, variants, crops, size, patch)
+                views = torch.cat([recipe.crop_views(pixels, o) for o in offsets])
+                lr = recipe.half_view(pixels)
+                lr_feats, crop_feats, down_feats = train_targets(backbone, lr[None], views)
+                tensors = {"lr": lr, "lr_feats": lr_feats[0], "down_feats": down_feats[0]}
+                for v, feats in enumerate(crop_feats.split(crops)):
+                    tensors[f"crops.{v}"], tensors[f"offsets.{v}"] = feats, offsets[v]
+            else:
+                lr, lr_feats, hr_feats = val_targets(backbone, pixels[None])
+                tensors = {"lr": lr[0], "lr_feats": lr_feats[0], "hr_feats": hr_feats[0]}
+            _write(e, tensors)
+            bar.advance()
+    finally:
+        bar.close()
+
+
+def _write(e: Entry, tensors: dict[str, Tensor]) -> None:
+    stored = {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in tensors.items()}
+    e.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = e.path.with_name(f".{e.path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(stored, str(tmp), metadata={KEY: e.key})
+        os.replace(tmp, e.path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

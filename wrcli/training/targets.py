@@ -1,0 +1,54 @@
+"""What the frozen backbone contributes: the low-res features and the targets of every loss term."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import torch
+from torch import Tensor
+
+from wrcli.backbones import Backbone
+
+from . import recipe
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (as the authors train); nothing elsewhere, so CPU runs stay float32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def train_targets(backbone: Backbone, lr: Tensor, crops: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """uint8 low-res views (B,3,h,w) and crops (N,3,h,w) on the backbone's device → float32
+    (lr features (B,C,h/p,w/p), crop features (N,C,h/p,w/p), down-term targets (B,C,2h/p,2w/p))."""
+    batch = lr.shape[0]
+    views = backbone.normalize(torch.cat([lr, crops]))
+    with autocast(views.device):
+        feats = backbone(views)
+        down = backbone(recipe.down_view(views[:batch]))
+    return feats[:batch].float(), feats[batch:].float(), down.float()
+
+
+@torch.no_grad()
+def val_targets(backbone: Backbone, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """uint8 training-size images (B,3,S,S) → (uint8 low-res views, their features, the features of the images
+    themselves: the 2× targets)."""
+    lr = recipe.half_view(images)
+    with autocast(images.device):
+        lr_feats = backbone(backbone.normalize(lr))
+        hr_feats = backbone(backbone.normalize(images))
+    return lr, lr_feats.float(), hr_feats.float()
+
+
+def backbone_identity(backbone: Backbone) -> dict:
+    """The backbone's config with ``weights_sha256`` always set: the weights file's hash, or else a hash of
+    its state dict (random-init or hub weights), so features from other weights never pass for these."""
+    config = backbone.config()
+    if not config.get("weights_sha256"):
+        digest = hashlib.sha256()
+        for name, tensor in backbone.state_dict().items():
+            digest.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        config["weights_sha256"] = "state:" + digest.hexdigest()
+    return config

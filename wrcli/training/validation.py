@@ -1,0 +1,96 @@
+"""Validation: the ×2 output from the low-res view against the backbone's features of the full-size image.
+
+For each held-out image (size S): the upsampler takes the features of the S/2 view (h×h tokens) to 2h×2h;
+the target is the backbone's own 2h×2h grid of the S×S image. Reported: the mean cosine similarity over
+pixels and the MSE over all values, for the model and for bilinear ×2 (align_corners=False) on the same
+features. Ranks split the images and sum their statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from wrcli.backbones import Backbone
+
+from .cache import read_val_entry
+from .data import ImageRef, decode
+from .targets import val_targets
+
+Sample = tuple[Tensor, Tensor, Tensor]  # (uint8 low-res view, its features, full-size features), one image
+
+
+class _Decode(Dataset):
+    def __init__(self, images: Sequence[ImageRef], size: int, patch: int) -> None:
+        self.images, self.size, self.patch = images, size, patch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return decode(self.images[i], self.size, self.patch)
+
+
+def in_memory(images: Sequence[ImageRef], backbone: Backbone, device: torch.device, *, size: int, batch: int,
+              workers: int) -> list[Sample]:
+    """The validation samples of ``images``, computed once and kept on the CPU in float32
+    (≈2 MB per image for ViT-S at 448)."""
+    loader = DataLoader(_Decode(images, size, backbone.patch_size), batch_size=batch, num_workers=workers)
+    samples: list[Sample] = []
+    for pixels in loader:
+        lr, lr_feats, hr_feats = (t.cpu() for t in val_targets(backbone, pixels.to(device)))
+        samples.extend(zip(lr, lr_feats, hr_feats))
+    return samples
+
+
+def from_cache(paths: Sequence[Path]) -> Callable[[int], Sample]:
+    """A reader of validation samples from cache entries, by index."""
+    return lambda i: read_val_entry(paths[i])
+
+
+def _stats(pred: Tensor, target: Tensor) -> Tensor:
+    """[Σ cosine over pixels, pixel count, Σ squared error, value count] (float64)."""
+    cos = F.cosine_similarity(pred.float(), target.float(), dim=1)
+    sq = (pred.float() - target.float()).square()
+    return torch.tensor([cos.sum().item(), cos.numel(), sq.sum().item(), sq.numel()], dtype=torch.float64)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, normalize: Callable[[Tensor], Tensor], sample: Callable[[int], Sample], count: int,
+             device: torch.device, *, batch: int, rank: int = 0, world: int = 1) -> dict:
+    """{"images", "model": {"cos", "mse"}, "bilinear": {"cos", "mse"}} over samples 0..count-1 (this rank takes
+    every ``world``-th one; the sums are all-reduced). The model runs in eval mode, float32."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(2, 4, dtype=torch.float64)
+    mine = list(range(rank, count, world))
+    for start in range(0, len(mine), batch):
+        lr, lr_feats, hr_feats = (torch.stack(t).to(device) for t in zip(*(sample(i) for i in mine[start : start + batch])))
+        out = model(lr_feats, normalize(lr))
+        bilinear = F.interpolate(lr_feats, scale_factor=2, mode="bilinear", align_corners=False)
+        totals[0] += _stats(out, hr_feats)
+        totals[1] += _stats(bilinear, hr_feats)
+    model.train(was_training)
+    if world > 1:
+        totals = totals.to(device)
+        dist.all_reduce(totals)
+        totals = totals.cpu()
+    result: dict = {"images": count}
+    for name, (cos, pixels, sq, values) in zip(("model", "bilinear"), totals.tolist()):
+        result[name] = {"cos": cos / max(pixels, 1), "mse": sq / max(values, 1)}
+    return result
+
+
+def describe(result: dict) -> str:
+    """One line: model and bilinear side by side."""
+    m, b = result["model"], result["bilinear"]
+    return (
+        f"validation ({result['images']} images): model cos {m['cos']:.4f} mse {m['mse']:.5f} | "
+        f"bilinear cos {b['cos']:.4f} mse {b['mse']:.5f}"
+    )
