@@ -147,6 +147,55 @@ def extract_cmd(
         raise typer.Exit(EXIT_PARTIAL)
 
 
+@app.command("train")
+def train_cmd(
+    images: str = typer.Argument(..., help="Training images: folder, glob, or a text file with one path per line."),
+    out: str = typer.Option(..., "--out", "-o", help="Checkpoint to write (.safetensors); the training state goes to OUT.state.pt."),
+    steps: int = typer.Option(100_000, min=1, help="Optimiser steps (the learning-rate schedule spans them)."),
+    batch_size: int = typer.Option(4, min=1, help="Images per step and process."),
+    lr: float = typer.Option(2e-4, help="AdamW peak learning rate."),
+    weight_decay: float = typer.Option(1e-5, help="AdamW weight decay."),
+    warmup: int = typer.Option(1000, min=0, help="Linear warm-up steps before the cosine decay (at most steps/10)."),
+    solver: str = typer.Option("official", help="WRC solve: official, exact or converse."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="Frozen timm ViT."),
+    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file for offline use."),
+    size: int = typer.Option(448, min=28, help="Training image side (the low-resolution view and the crops are half of it)."),
+    val: str = typer.Option("0.05", help="Validation images: a fraction held out of IMAGES, or a folder / list file / glob."),
+    val_every: int = typer.Option(1000, min=0, help="Validate every N steps (0: only at the end)."),
+    log_every: int = typer.Option(50, min=1, help="Log loss, lr and images/s every N steps."),
+    log_file: Optional[str] = typer.Option(None, help="JSON-lines log (default OUT.log.jsonl)."),
+    checkpoint_every: int = typer.Option(1000, min=1, help="Save the training state every N steps (and at exit)."),
+    resume: bool = typer.Option(False, help="Continue exactly from OUT.state.pt."),
+    cache: Optional[str] = typer.Option(None, help="Folder for precomputed backbone targets: no backbone passes while training."),
+    cache_variants: int = typer.Option(4, min=1, help="Random crop sets cached per image."),
+    down_weight: float = typer.Option(1.0, min=0.0, help="Weight of the term against the 2×-resolution features."),
+    aug_weight: float = typer.Option(1.0, min=0.0, help="Weight of the augmentation-consistency term."),
+    workers: int = typer.Option(2, min=0, help="DataLoader processes."),
+    seed: int = typer.Option(0, help="Seed of initialisation, data order, crops and augmentations."),
+    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON line on stdout."),
+) -> None:
+    """Train the WRC upsampler self-supervised against a frozen backbone (the published recipe)."""
+    from wrcli.train import TrainOptions, train
+
+    try:
+        val_spec: float | str | None = float(val)
+    except ValueError:
+        val_spec = val
+    if val_spec == 0:
+        val_spec = None
+    opts = TrainOptions(
+        steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup, solver=solver,
+        backbone=backbone, backbone_weights=backbone_weights, size=size, val=val_spec, val_every=val_every,
+        log_every=log_every, log_file=log_file, checkpoint_every=checkpoint_every, resume=resume, cache=cache,
+        cache_variants=cache_variants, down_weight=down_weight, aug_weight=aug_weight, workers=workers, seed=seed,
+        device=device,
+    )
+    result = train(images, out, opts)
+    if json_out:
+        _print_json(result)
+
+
 @app.command("info")
 def info_cmd(
     store: str = typer.Argument(..., help="A store written by wrc extract (*.zarr, *.h5)."),
