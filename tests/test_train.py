@@ -145,7 +145,7 @@ def test_lr_schedule_warms_up_then_decays():
 # ---------------------------------------------------------------------------------------------------
 def test_training_reduces_the_loss_and_writes_a_loadable_model(setup, tmp_path, capsys):
     out = tmp_path / "wrc.safetensors"
-    result = train(setup["images"], str(out), options(setup, steps=30, warmup=3, progress=True, log_every=5))
+    result = train(setup["images"], str(out), options(setup, steps=30, warmup=3, progress=True, log_every=5, val_every=10))
     logs = [json.loads(line) for line in (tmp_path / "wrc.safetensors.log.jsonl").read_text().splitlines()]
     steps = [r for r in logs if "loss" in r]
     assert [r["step"] for r in steps] == [5, 10, 15, 20, 25, 30]
@@ -153,7 +153,10 @@ def test_training_reduces_the_loss_and_writes_a_loadable_model(setup, tmp_path, 
     assert steps[-1]["loss"] < 0.8 * steps[0]["loss"], [r["loss"] for r in steps]
     assert result["completed"] and result["steps"] == 30 and result["images"] == 6 and result["skipped"] == 0
     assert set(result["losses"]) == {"loss", "local", "down", "aug"}
-    assert "loss" in capsys.readouterr().err
+    assert [r["step"] for r in logs if "validation" in r] == [10, 20, 30]
+    assert logs[-1]["validation"] == result["validation"]
+    err = capsys.readouterr().err
+    assert "loss" in err and "bilinear cos" in err
 
     model = load_upsampler(out)
     assert model.name == "wrc" and model.channels == 64
@@ -319,7 +322,7 @@ def test_ddp_two_processes_on_cpu(setup, tmp_path):
     opts = {
         "steps": 3, "batch_size": 2, "lr": 1e-3, "warmup": 0, "size": SIZE, "backbone": ARCH,
         "backbone_weights": setup["weights"]["tiny"], "backbone_kwargs": TINY, "workers": 0, "val": setup["val"],
-        "log_every": 1, "progress": False,
+        "log_every": 1, "progress": False, "cache": str(tmp_path / "cache"),  # ranks split the build, then wait
     }
     out = tmp_path / "ddp.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -335,3 +338,4 @@ def test_ddp_two_processes_on_cpu(setup, tmp_path):
     logged = [json.loads(x) for x in (tmp_path / "ddp.safetensors.log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3]  # one writer: rank 0
     assert logged[0]["images_per_s"] > 0
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 8

@@ -179,8 +179,10 @@ class _Run:
             "data_sha256": data.list_sha256(self.train_images),
         }
         self.step, self.seconds_before = 0, 0.0
-        if opts.resume:
-            self._resume()
+        saved = self._saved_state() if opts.resume else None  # refuse changed settings before any long work
+        self._sources()
+        if saved is not None:
+            self._restore(saved)
 
     # -- data -------------------------------------------------------------------------------------
     def _images(self, src: str | Sequence[str]) -> None:
@@ -201,8 +203,12 @@ class _Run:
                 f"only {len(kept)} readable training image(s) ({self.skipped} skipped, {len(val)} held out for "
                 f"validation); a step needs batch_size × processes = {need}: add images or lower the batch size"
             )
+
+    def _sources(self) -> None:
+        """Where samples and validation targets come from: decoding + the backbone, or the feature cache."""
+        opts = self.opts
         if opts.cache is None:
-            self.samples = LiveSamples(kept, opts.size, self.patch, opts.crops)
+            self.samples = LiveSamples(self.train_images, opts.size, self.patch, opts.crops)
             held_samples = validation.in_memory(
                 self.val_images, self.backbone, self.device, size=opts.size, batch=opts.batch_size, workers=opts.workers
             )
@@ -243,13 +249,16 @@ class _Run:
         return train, val
 
     # -- state --------------------------------------------------------------------------------------
-    def _resume(self) -> None:
+    def _saved_state(self) -> dict[str, Any] | None:
         if not self.state_path.is_file():
             if self.main:
                 sys.stderr.write(f"no training state at {self.state_path}: starting at step 0\n")
-            return
+            return None
         state = load_state(self.state_path)
         check_compatible(self.state_path, state["fingerprint"], self.fingerprint)
+        return state
+
+    def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
