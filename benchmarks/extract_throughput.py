@@ -1,7 +1,7 @@
 """End-to-end `wrc extract` throughput against forward-only throughput, peak memory and bytes per image.
 
-Forward-only = the same images, decoded and resized beforehand with the same policy, held in memory as the
-same size-bucketed uint8 batches, run through normalisation + backbone + upsampler + cast to the stored dtype
+Forward-only = the same images, decoded and resized beforehand with the same policy, held in memory as
+exactly the uint8 batches extract forms (same shards, same size buckets), run through normalisation + backbone + upsampler + cast to the stored dtype
 (what extract computes), with no decoding and no writing. End-to-end = the `wrc extract` command itself
 (decode in workers, compute, background writes), timed from its first image to its last shard written, plus
 its whole wall time. Peak memory is the PSS summed over the process tree (main process + DataLoader workers),
@@ -52,9 +52,9 @@ def tree_pss_kib(pid: int) -> int:
     return total
 
 
-def run_extract(src: Path, out: Path, args: argparse.Namespace) -> dict:
+def run_extract(src: Path, out: Path, args: argparse.Namespace, size: int) -> dict:
     cmd = [sys.executable, "-m", "wrcli", "extract", str(src), str(out), "--backbone-weights", args.weights,
-           "--upsampler", args.upsampler, "--size", str(args.size), "--batch-size", str(args.batch_size),
+           "--upsampler", args.upsampler, "--size", str(size), "--batch-size", str(args.batch_size),
            "--workers", str(args.workers), "--device", "cpu", "--json", "--overwrite"]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -78,18 +78,25 @@ def run_extract(src: Path, out: Path, args: argparse.Namespace) -> dict:
 
 
 def forward_only(files: list[Path], args: argparse.Namespace) -> float:
+    """Images/s of the compute alone, on exactly the batches extract forms (same shards, same buckets)."""
     from wrcli.backbones import load_backbone
     from wrcli.data import ResizePolicy, load_image
+    from wrcli.extract import Buckets, shard_size_for
     from wrcli.models import load_upsampler
 
     backbone = load_backbone(weights=args.weights)
     upsampler = load_upsampler(args.upsampler, backbone).eval()
     policy = ResizePolicy(size=args.size, patch=backbone.patch_size)
-    buckets: dict[tuple, list] = defaultdict(list)
-    for f in files:
-        pixels, _ = load_image(str(f), policy)
-        buckets[pixels.shape].append(torch.from_numpy(pixels).permute(2, 0, 1))
-    batches = [torch.stack(v[i : i + args.batch_size]) for v in buckets.values() for i in range(0, len(v), args.batch_size)]
+    grid = tuple(2 * v // backbone.patch_size for v in policy.max_input_hw())
+    shard = shard_size_for(backbone.channels, grid, "float16")
+    batches = []
+    for first in range(0, len(files), shard):
+        buckets = Buckets(args.batch_size)
+        for f in files[first : first + shard]:
+            pixels = torch.from_numpy(load_image(str(f), policy)[0]).permute(2, 0, 1)
+            if (batch := buckets.push(tuple(pixels.shape[-2:]), pixels)) is not None:
+                batches.append(torch.stack(batch))
+        batches += [torch.stack(b) for b in buckets.rest()]
     with torch.inference_mode():
         start = time.monotonic()
         for x in batches:
@@ -119,6 +126,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rss", default="100,1000", help="image counts for the peak-memory comparison ('' to skip)")
+    parser.add_argument("--rss-size", type=int, help="--size of the peak-memory runs (default: --size)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -126,7 +134,7 @@ def main() -> None:
         tmp = Path(tmp)
         src = image_folder(args.images, args.n, tmp / f"n{args.n}")
         fwd = forward_only(sorted(src.iterdir()), args)
-        e2e = run_extract(src, tmp / "e2e.zarr", args)
+        e2e = run_extract(src, tmp / "e2e.zarr", args, args.size)
         result = {
             "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "settings": vars(args) | {"images": str(args.images), "json": None},
@@ -135,7 +143,7 @@ def main() -> None:
         }
         for n in [int(v) for v in args.rss.split(",") if v]:
             folder = image_folder(args.images, n, tmp / f"n{n}")
-            result["rss"][n] = run_extract(folder, tmp / f"rss{n}.zarr", args)
+            result["rss"][n] = run_extract(folder, tmp / f"rss{n}.zarr", args, args.rss_size or args.size)
         counts = sorted(result["rss"])
         if len(counts) >= 2:
             result["rss_ratio"] = result["rss"][counts[-1]]["peak_pss_mib"] / result["rss"][counts[0]]["peak_pss_mib"]

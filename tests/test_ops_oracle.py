@@ -11,7 +11,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from wrcli.ops import converse, decimate, decimate_adjoint, exact, official
 

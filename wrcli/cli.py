@@ -114,7 +114,7 @@ def extract_cmd(
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
     overwrite: bool = typer.Option(False, help="Replace an existing store made with other settings or images."),
     fmt: Optional[str] = typer.Option(None, "--format", help="zarr or hdf5 (default: from OUT's suffix)."),
-    shard_size: Optional[int] = typer.Option(None, min=1, help="Images per shard, the unit of work and of resume (default: ~256 MiB of padded features)."),
+    shard_size: Optional[int] = typer.Option(None, min=1, help="Images per shard, the unit of work and of resume (default: ~64 MiB of padded features)."),
     json_out: bool = typer.Option(False, "--json", help="Print a one-line JSON summary on stdout."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON record per image on stdout."),
 ) -> None:

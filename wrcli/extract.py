@@ -14,7 +14,6 @@ import json
 import queue
 import threading
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,10 +29,10 @@ from wrcli.data import ImageDataset, ResizePolicy, discover
 from wrcli.errors import WrcError
 from wrcli.models import Upsampler, load_upsampler
 from wrcli.progress import Progress
-from wrcli.runtime import Rank, current_rank, resolve_device, wait_until
+from wrcli.runtime import Rank, current_rank, resolve_device, trim_memory, wait_until
 from wrcli.stores import ImageRecord, StoreSpec, create_store, finalize_store, open_writer, store_format
 
-SHARD_BYTES = 256 << 20  # padded bytes of features per shard (bounds memory and the redo after a crash)
+SHARD_BYTES = 64 << 20  # padded bytes of features per shard (bounds memory and the redo after a crash)
 MAX_SHARD_IMAGES = 256
 
 
@@ -55,7 +54,7 @@ class ExtractOptions:
     limit: int | None = None
     overwrite: bool = False
     format: str | None = None
-    shard_size: int | None = None  # images per shard (the unit of work and of resume); default: ~256 MiB of padded features
+    shard_size: int | None = None  # images per shard (the unit of work and of resume); default: ~64 MiB of padded features
     wait_timeout: float = 86400.0
 
 
@@ -110,11 +109,12 @@ class Extractor:
 
     def settings(self) -> dict[str, Any]:
         """Everything that determines the stored features (hashed into the store's fingerprint)."""
-        up, ckpt = self.upsampler, Path(self.opts.upsampler)
+        up = self.upsampler
+        ckpt = None if up is None else up.checkpoint
         upsampler = {"name": "none"} if up is None else {
             "name": up.name,
-            "checkpoint": str(ckpt) if ckpt.is_file() else None,
-            "checkpoint_sha256": file_sha256(ckpt) if ckpt.is_file() else None,
+            "checkpoint": str(ckpt) if ckpt else None,
+            "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
             "config": up.config,
         }
         return {
@@ -135,11 +135,11 @@ def shard_size_for(channels: int, grid: tuple[int, int], dtype: str) -> int:
 
 
 class _ShardWriter(threading.Thread):
-    """Writes finished shards in the background; the first error is re-raised in the main thread."""
+    """Pads and writes finished shards in the background; the first error is re-raised in the main thread."""
 
-    def __init__(self, writer, on_written: Callable[[int, list[ImageRecord]], None]):
+    def __init__(self, writer, spec: StoreSpec, on_written: Callable[[int, list[ImageRecord]], None]):
         super().__init__(daemon=True, name="wrc-writer")
-        self.writer, self.on_written = writer, on_written
+        self.writer, self.spec, self.on_written = writer, spec, on_written
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
 
@@ -148,10 +148,12 @@ class _ShardWriter(threading.Thread):
             if self.error is None:
                 k, features, records = job
                 try:
-                    self.writer.write_shard(k, features, records)
+                    self.writer.write_shard(k, padded(features, self.spec), records)
                     self.on_written(k, records)
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     self.error = exc
+                del job, features
+                trim_memory()
 
     def submit(self, job) -> None:
         self.check()
@@ -165,6 +167,35 @@ class _ShardWriter(threading.Thread):
         self.queue.put(None)
         self.join()
         self.check()
+
+
+def padded(features: list[np.ndarray | None], spec: StoreSpec) -> np.ndarray:
+    """Per-image (C, h, w) arrays (None for a failed image) → one (n, C, H, W) array, zero outside each image."""
+    out = np.zeros((len(features), spec.channels, spec.height, spec.width), dtype=spec.dtype)
+    for j, f in enumerate(features):
+        if f is not None:
+            out[j, :, : f.shape[-2], : f.shape[-1]] = f
+    return out
+
+
+class Buckets:
+    """Batching within one shard: images of equal input size in arrival order; a batch is released as soon
+    as it holds ``size`` images, the partial ones at the end of the shard in order of first arrival. A
+    function of the shard alone, so a resumed or multi-rank run computes every image in exactly the batch
+    an uninterrupted single-process run would (batch composition can change float results)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._open: dict[tuple[int, int], list] = {}
+
+    def push(self, key: tuple[int, int], item) -> list | None:
+        bucket = self._open.setdefault(key, [])
+        bucket.append(item)
+        return self._open.pop(key) if len(bucket) == self.size else None
+
+    def rest(self) -> list[list]:
+        batches, self._open = list(self._open.values()), {}
+        return batches
 
 
 def extract(
@@ -241,7 +272,7 @@ def _run_shards(model: Extractor, source, spec: StoreSpec, shards: list[int], wr
                 on_record({"index": i, "path": rec.name, "status": "failed" if rec.error else "ok", "error": rec.error or None,
                            "orig_hw": list(rec.orig_hw), "input_hw": list(rec.input_hw), "feat_hw": list(rec.feat_hw), "shard": k})
 
-    sink = _ShardWriter(writer, written)
+    sink = _ShardWriter(writer, spec, written)
     sink.start()
     loader = DataLoader(
         ImageDataset(items, model.policy), batch_size=None, num_workers=model.opts.workers,
@@ -255,7 +286,7 @@ def _run_shards(model: Extractor, source, spec: StoreSpec, shards: list[int], wr
             if shard is None or k != shard.k:
                 if shard is not None:
                     sink.submit(shard.finish(model))
-                shard = _Shard(k, spec, source, bar)
+                shard = _Shard(k, spec, source, bar, model.opts.batch_size)
             shard.add(item, model)
         if shard is not None:
             sink.submit(shard.finish(model))
@@ -270,16 +301,16 @@ def _run_shards(model: Extractor, source, spec: StoreSpec, shards: list[int], wr
 
 
 class _Shard:
-    """One shard in flight: its padded feature buffer, its records, and size buckets awaiting a batch."""
+    """One shard in flight: per-image features (valid region only), records, and :class:`Buckets`."""
 
-    def __init__(self, k: int, spec: StoreSpec, source, bar: Progress):
-        self.k, self.spec, self.bar = k, spec, bar
+    def __init__(self, k: int, spec: StoreSpec, source, bar: Progress, batch_size: int):
+        self.k, self.bar = k, bar
         self.first = spec.shard_range(k).start
         n = len(spec.shard_range(k))
-        self.features = np.zeros((n, spec.channels, spec.height, spec.width), dtype=spec.dtype)
+        self.features: list[np.ndarray | None] = [None] * n
         self.records: list[ImageRecord | None] = [None] * n
         self.names = [source.items[i][0] for i in spec.shard_range(k)]
-        self.buckets: dict[tuple[int, int], list[dict]] = defaultdict(list)
+        self.buckets = Buckets(batch_size)
 
     def add(self, item: dict, model: Extractor) -> None:
         j = item["index"] - self.first
@@ -288,24 +319,21 @@ class _Shard:
             self.records[j] = ImageRecord(self.names[j], orig, (0, 0), (0, 0), item["error"])
             self.bar.advance()
             return
-        key = tuple(item["pixels"].shape[-2:])
-        self.buckets[key].append(item)
-        if len(self.buckets[key]) == model.opts.batch_size:
-            self._run(self.buckets.pop(key), model)
+        if (batch := self.buckets.push(tuple(item["pixels"].shape[-2:]), item)) is not None:
+            self._run(batch, model)
 
     def _run(self, batch: list[dict], model: Extractor) -> None:
         feats = model(torch.stack([it["pixels"] for it in batch])).numpy()
         fh, fw = feats.shape[-2:]
         for it, f in zip(batch, feats):
             j = it["index"] - self.first
-            self.features[j, :, :fh, :fw] = f
+            self.features[j] = f
             input_hw = tuple(it["pixels"].shape[-2:])
             self.records[j] = ImageRecord(self.names[j], tuple(it["orig_hw"]), input_hw, (fh, fw))
         self.bar.advance(len(batch))
 
     def finish(self, model: Extractor):
-        for batch in self.buckets.values():
+        for batch in self.buckets.rest():
             self._run(batch, model)
-        self.buckets.clear()
         assert all(r is not None for r in self.records), "every image of a shard is recorded before it is written"
         return self.k, self.features, self.records

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,12 @@ def resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
     if shrinking and x.device.type == "cpu" and x.dtype in _REDUCED:
         return F.interpolate(x.float(), size=size, mode=mode, align_corners=False, antialias=True).to(x.dtype)
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrinking)
+
+
+def feature_channels(backbone: Any) -> int | None:
+    """Channels an upsampler for ``backbone`` takes: one layer's (``embed_dim``); with several layers
+    stored, the same upsampler is applied to each layer's features."""
+    return getattr(backbone, "embed_dim", None) or getattr(backbone, "channels", None)
 
 
 def _as_size(size: Any) -> tuple[int, int]:
@@ -76,6 +83,7 @@ class Upsampler(nn.Module):
         self.options: dict[str, Any] = dict(options)  # keyword options that rebuild it through the registry
         self.backbone_info: dict[str, Any] | None = None  # {"name", "arch"} of the backbone it belongs to
         self.provenance: dict[str, Any] | None = None  # training information (from a checkpoint)
+        self.checkpoint: Path | None = None  # the file the weights were loaded from
 
     # -- description ---------------------------------------------------------------------------
     @property

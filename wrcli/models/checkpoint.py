@@ -25,7 +25,7 @@ from torch import Tensor
 
 from wrcli.errors import WrcError
 
-from .base import Upsampler
+from .base import Upsampler, feature_channels
 from .registry import create_upsampler, registry_entry
 
 FORMAT = "wrcli-upsampler"
@@ -125,7 +125,7 @@ def save_upsampler(
 
     path = Path(path)
     if backbone is not None:
-        bb_channels = getattr(backbone, "channels", None)
+        bb_channels = feature_channels(backbone)
         if model.channels is not None and bb_channels is not None and bb_channels != model.channels:
             raise WrcError(
                 f"cannot save: the upsampler takes {model.channels} channels but backbone "
@@ -207,7 +207,7 @@ def _validate(path: Path, cfg: dict, backbone: Any, channels: int | None, patch_
     if backbone is None:
         return
     name = getattr(backbone, "name", None) or getattr(backbone, "arch", "?")
-    bb_channels, bb_patch, bb_arch = (getattr(backbone, a, None) for a in ("channels", "patch_size", "arch"))
+    bb_channels, bb_patch, bb_arch = feature_channels(backbone), getattr(backbone, "patch_size", None), getattr(backbone, "arch", None)
     if bb_channels is not None and ck_channels is not None and bb_channels != ck_channels:
         raise WrcError(
             f"checkpoint {path.name} takes {ck_channels}-channel features but backbone {name!r} gives {bb_channels}; {fix}"

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from wrcli.checkpoints import shipped_checkpoint
 from wrcli.errors import WrcError
 
-from .base import Upsampler
+from .base import Upsampler, feature_channels
 from .baselines import Converse2dUpsampler, Interpolation, TransposedUpsampler
 from .wrc import WRCUpsampler
 
@@ -131,20 +132,29 @@ def load_upsampler(
     against ``backbone`` (a :class:`wrcli.backbones.Backbone`) and the explicit ``channels`` /
     ``patch_size``: channel count and patch size must match, and so must the backbone architecture
     unless ``strict=False``. The authors' official .pth files are read too (weights only, never
-    unpickled). Otherwise ``name_or_path`` is a registry name; channels and patch size then come from
-    ``backbone`` or the keywords, and a learned model is untrained (a warning says so).
+    unpickled). Otherwise ``name_or_path`` is a registry name: the checkpoint shipped with wrcli for
+    that name and backbone architecture when there is one (see :mod:`wrcli.checkpoints`), else a fresh
+    model whose channels and patch size come from ``backbone`` or the keywords — untrained for a
+    learned one (a warning says so). ``model.checkpoint`` is the file the weights came from, or None.
     """
-    if _looks_like_path(name_or_path):
-        from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
 
-        return load_checkpoint(name_or_path, backbone, channels=channels, patch_size=patch_size, strict=strict).eval()
+    if _looks_like_path(name_or_path):
+        model = load_checkpoint(name_or_path, backbone, channels=channels, patch_size=patch_size, strict=strict)
+        model.checkpoint = Path(name_or_path)
+        return model.eval()
 
     name = str(name_or_path)
     if name not in _REGISTRY:
         hint = " (no such file)" if os.sep in name or "/" in name else ""
         raise WrcError(f"unknown upsampler {name!r}{hint}; known: {', '.join(_REGISTRY)}, or a checkpoint path")
+    shipped = shipped_checkpoint(name, getattr(backbone, "arch", None))
+    if shipped is not None and channels in (None, feature_channels(backbone)):
+        model = load_checkpoint(shipped, backbone, channels=channels, patch_size=patch_size, strict=strict)
+        model.checkpoint = shipped
+        return model.eval()
     if backbone is not None:
-        bb_channels, bb_patch = getattr(backbone, "channels", None), getattr(backbone, "patch_size", None)
+        bb_channels, bb_patch = feature_channels(backbone), getattr(backbone, "patch_size", None)
         if channels is not None and bb_channels is not None and channels != bb_channels:
             raise WrcError(f"channels={channels} disagrees with backbone {backbone.name!r} ({bb_channels} channels)")
         if patch_size is not None and bb_patch is not None and patch_size != bb_patch:
