@@ -136,13 +136,25 @@ def test_sources_stdin_glob_list_limit_and_jsonl(tmp_path, vits_weights, capsys,
     assert code == 0 and json.loads(out)["ok"] == 3
 
 
-def test_crop_scale_out_size_layers_and_dtype(tmp_path, vits_weights, capsys, monkeypatch):
+def test_crop_scale_out_size_layers_and_dtype(tmp_path, vits_weights, wrc_checkpoint, capsys, monkeypatch):
     src = photos(tmp_path / "in", 3)
     out = tmp_path / "c.zarr"
     args = base_args(vits_weights, "--upsampler", "bilinear", "--crop", "--scale", "4", "--layers", "5,-1", "--dtype", "float32")
     assert run_cli(["extract", str(src), str(out), *args], capsys, monkeypatch)[0] == 0
     records, feats = read_all(out)
     assert all(f.shape == (768, 16, 16) and f.dtype == np.float32 for f in feats.values())
+    learned = tmp_path / "l.zarr"  # a learned upsampler takes one layer's channels and runs on each layer
+    args = base_args(vits_weights, "--upsampler", str(wrc_checkpoint), "--layers", "5,-1", "--batch-size", "1")
+    assert run_cli(["extract", str(src), str(learned), *args], capsys, monkeypatch)[0] == 0
+    backbone = load_backbone(ARCH, vits_weights, layers=[5, -1])
+    up = load_upsampler(str(wrc_checkpoint), backbone)
+    name = read_all(learned)[0][0].name
+    pixels = torch.from_numpy(load_image(str(src / name), ResizePolicy(size=56, patch=14))[0]).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        img = backbone.normalize(pixels)
+        both = backbone(img)
+        ref = torch.cat([up.upsample(both[:, :384], img, scale=2), up.upsample(both[:, 384:], img, scale=2)], 1)
+    np.testing.assert_array_equal(read_all(learned)[1][name], ref.half()[0].numpy())
     out2 = tmp_path / "o.zarr"
     assert run_cli(["extract", str(src), str(out2), *base_args(vits_weights, "--upsampler", "bicubic", "--out-size", "10x12")],
                    capsys, monkeypatch)[0] == 0
