@@ -154,7 +154,8 @@ def test_crop_scale_out_size_layers_and_dtype(tmp_path, vits_weights, wrc_checkp
         img = backbone.normalize(pixels)
         both = backbone(img)
         ref = torch.cat([up.upsample(both[:, :384], img, scale=2), up.upsample(both[:, 384:], img, scale=2)], 1)
-    np.testing.assert_array_equal(read_all(learned)[1][name], ref.half()[0].numpy())
+    got = read_all(learned)[1][name].astype(np.float32)  # both layers in one batch: equal up to float rounding
+    np.testing.assert_allclose(got, ref[0].numpy(), rtol=2e-3, atol=2e-3)
     out2 = tmp_path / "o.zarr"
     assert run_cli(["extract", str(src), str(out2), *base_args(vits_weights, "--upsampler", "bicubic", "--out-size", "10x12")],
                    capsys, monkeypatch)[0] == 0
