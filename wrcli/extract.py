@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from wrcli import __version__
 from wrcli.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from wrcli.defaults import DEFAULT_UPSAMPLER
 from wrcli.data import ImageDataset, ResizePolicy, discover
 from wrcli.errors import WrcError
 from wrcli.models import Upsampler, load_upsampler
@@ -41,7 +42,7 @@ class ExtractOptions:
     backbone: str = DEFAULT_BACKBONE
     backbone_weights: str | None = None
     layers: tuple[int, ...] | None = None
-    upsampler: str = "wrc"
+    upsampler: str = DEFAULT_UPSAMPLER
     scale: int = 2  # × the token grid; 1 stores the backbone's own grid
     out_size: tuple[int, int] | None = None  # explicit (H, W) for every image instead of a scale
     size: int = 448
@@ -212,7 +213,8 @@ def extract(
     grid = model.grid()
     settings = model.settings()
     settings["shard_size"] = opts.shard_size or shard_size_for(model.backbone.channels, grid, opts.dtype)
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    identity = {**settings, "upsampler": {k: v for k, v in settings["upsampler"].items() if k != "checkpoint"}}
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()  # content, not paths
     spec = StoreSpec(
         n_images=len(source.items), channels=model.backbone.channels, height=grid[0], width=grid[1],
         dtype=opts.dtype, shard_size=settings["shard_size"],
