@@ -101,6 +101,11 @@ def test_options_survive_round_trip(tmp_path):
     loaded = load_upsampler(path)
     assert loaded.centre == "image" and loaded.solver == "exact" and loaded.patch_size == 8
     assert loaded.config["backbone"] is None
+    skip = randomise(create_upsampler("wrc", C, 14, skip=True))
+    loaded = load_upsampler(save_upsampler(skip, tmp_path / "s.safetensors"))
+    assert loaded.skip and loaded.options["skip"] is True
+    x, img = data()
+    assert torch.equal(loaded.eval()(x, img), skip.eval()(x, img))
 
 
 def test_backbone_recorded_from_model_config(tmp_path):

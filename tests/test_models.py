@@ -116,6 +116,23 @@ def test_to_double_grid_rule():
     assert torch.equal(WRCUpsampler.to_double_grid(g14, 4, 5), expect)
 
 
+@pytest.mark.parametrize("solver", ["official", "exact"])
+def test_skip_starts_as_bilinear_and_learns_a_correction(solver):
+    torch.manual_seed(0)
+    m = WRCUpsampler(C, 14, solver=solver, skip=True)
+    x, img = inputs(b=2)
+    bilinear = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.equal(m(x, img), bilinear)
+    assert m.num_parameters() == WRCUpsampler(C, 14, solver=solver).num_parameters()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    for _ in range(2):  # the first step moves the zero head, the second reaches the layers behind it
+        opt.zero_grad()
+        (m(x, img) - 2 * bilinear).square().mean().backward()
+        opt.step()
+    assert m.wrc.weight.grad.abs().sum() > 0 and m.image_stem[0].weight.grad.abs().sum() > 0
+    assert not torch.equal(m(x, img), bilinear)
+
+
 # ---------------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------------

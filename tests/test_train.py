@@ -258,25 +258,31 @@ def test_validation_reports_model_and_an_independent_bilinear(setup, tmp_path):
     result = train(setup["images"], str(out), options(setup, steps=2))
     backbone = load_backbone(ARCH, setup["weights"]["tiny"], **TINY)
     model = load_upsampler(out, backbone)
-    sums = {"model": [0.0, 0.0], "bilinear": [0.0, 0.0]}
+    sums = {(m, t): [0.0, 0.0] for m in ("model", "bilinear") for t in ("full", "tiles")}
     paths = sorted(Path(setup["val"]).iterdir())
+    half = SIZE // 2
     with torch.no_grad():
         for path in paths:
             pixels, _ = load_image(str(path), ResizePolicy(size=SIZE, patch=14, crop=True))
             image = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-            low = F.interpolate(image.float(), size=(SIZE // 2,) * 2, mode="bilinear", antialias=True)
+            low = F.interpolate(image.float(), size=(half,) * 2, mode="bilinear", antialias=True)
             low = low.round().clamp(0, 255).to(torch.uint8)
-            feats, target = backbone(backbone.normalize(low)), backbone(backbone.normalize(image))
+            feats = backbone(backbone.normalize(low))
+            quadrant = {(r, c): backbone(backbone.normalize(image[..., r * half : (r + 1) * half, c * half : (c + 1) * half]))
+                        for r in (0, 1) for c in (0, 1)}
+            tiles = torch.cat([torch.cat([quadrant[r, 0], quadrant[r, 1]], dim=-1) for r in (0, 1)], dim=-2)
+            targets = {"full": backbone(backbone.normalize(image)), "tiles": tiles}
             for name, up in (("model", model(feats, backbone.normalize(low))),
                              ("bilinear", F.interpolate(feats, scale_factor=2, mode="bilinear"))):
-                sums[name][0] += F.cosine_similarity(up, target, dim=1).mean().item() / len(paths)
-                sums[name][1] += (up - target).square().mean().item() / len(paths)
+                for t, target in targets.items():
+                    sums[name, t][0] += F.cosine_similarity(up, target, dim=1).mean().item() / len(paths)
+                    sums[name, t][1] += (up - target).square().mean().item() / len(paths)
     val = result["validation"]
     assert val["images"] == 2
-    for name in ("model", "bilinear"):
-        assert val[name]["cos"] == pytest.approx(sums[name][0], abs=1e-5)
-        assert val[name]["mse"] == pytest.approx(sums[name][1], rel=1e-5)
-    assert val["model"] != val["bilinear"]
+    for (name, t), (cos, mse) in sums.items():
+        assert val[name][t]["cos"] == pytest.approx(cos, abs=1e-5)
+        assert val[name][t]["mse"] == pytest.approx(mse, rel=1e-5)
+    assert val["model"] != val["bilinear"] and val["bilinear"]["full"] != val["bilinear"]["tiles"]
 
 
 def test_fraction_split_is_deterministic_by_name(setup, tmp_path):

@@ -69,6 +69,7 @@ class TrainOptions:
     warmup: int = 1000  # linear warm-up steps before the cosine decay, at most a tenth of --steps (authors: constant lr)
     clip_grad: float | None = None  # clip the gradient norm to this value; None: no clipping
     solver: str = "official"  # WRC solve: official (upsampler wrc), exact (wrc-exact) or converse (wrc-converse)
+    skip: bool = False  # add a bilinear skip to the published network (WRCUpsampler skip=True; it starts as bilinear)
     backbone: str = DEFAULT_BACKBONE  # frozen timm ViT whose features are upsampled
     backbone_weights: str | None = None  # .safetensors (timm layout) for the backbone; None: timm's pretrained weights
     backbone_kwargs: dict[str, Any] | None = None  # extra timm.create_model arguments (e.g. a small ViT for tests)
@@ -107,7 +108,7 @@ def train(images: str | Sequence[str], out: str, opts: TrainOptions) -> dict[str
     """Train a WRC upsampler on IMAGES (folder, list file, glob or paths) and write it to ``out`` (safetensors).
 
     Returns {"steps", "completed", "seconds", "images_per_s", "losses": {loss, local, down, aug},
-    "validation": {"images", "model": {cos, mse}, "bilinear": {cos, mse}} | None, "out", "state", "log_file",
+    "validation": {"images", "model" | "bilinear": {"full" | "tiles": {cos, mse}}} | None, "out", "state", "log_file",
     "images", "skipped"}. Raises KeyboardInterrupt after saving the state when interrupted.
     """
     _check(opts)
@@ -159,7 +160,7 @@ class _Run:
         self.identity = backbone_identity(self.backbone)
         self._images(images)
         torch.manual_seed(opts.seed)
-        self.model = create_upsampler(SOLVER_NAMES[opts.solver], self.backbone.channels, self.patch).to(device).train()
+        self.model = create_upsampler(SOLVER_NAMES[opts.solver], self.backbone.channels, self.patch, skip=opts.skip).to(device).train()
         objective = _Objective(self.model)
         self.objective = DistributedDataParallel(objective) if rank.world > 1 else objective
         self.optimizer = torch.optim.AdamW(
@@ -170,7 +171,7 @@ class _Run:
             self.optimizer, functools.partial(lr_factor, steps=opts.steps, warmup=warmup)
         )
         self.fingerprint = {
-            "solver": opts.solver, "backbone": self.identity, "backbone_kwargs": opts.backbone_kwargs,
+            "solver": opts.solver, "skip": opts.skip, "backbone": self.identity, "backbone_kwargs": opts.backbone_kwargs,
             "size": opts.size, "crops": opts.crops, "batch_size": opts.batch_size, "world_size": rank.world,
             "lr": opts.lr, "weight_decay": opts.weight_decay, "warmup": warmup, "steps": opts.steps,
             "clip_grad": opts.clip_grad, "seed": opts.seed, "down_weight": opts.down_weight,

@@ -86,6 +86,8 @@ class WRCUpsampler(Upsampler):
 
     For patch 8, 14 and 16 at image size patch·(h,w) this is exactly the authors' network (their fixed
     per-patch-size adapter); the size rule generalises it to any image size.
+    ``skip=True`` (not in the paper) adds the bilinear ×2 of the features to the head's output and starts
+    the head at zero, so an untrained model is bilinear and training learns a correction to it.
     ``forward(features, image)``: ``image`` is the normalised backbone input. Computes in the
     parameters' dtype and returns the features' dtype.
     """
@@ -99,8 +101,9 @@ class WRCUpsampler(Upsampler):
         solver: str = "official",
         centre: str | None = None,
         guidance_channels: int = 32,
+        skip: bool = False,
     ) -> None:
-        super().__init__(in_channels, patch_size, centre=centre, guidance_channels=guidance_channels)
+        super().__init__(in_channels, patch_size, centre=centre, guidance_channels=guidance_channels, skip=bool(skip))
         if solver not in SOLVER_NAMES:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {solver!r}")
         self.name = SOLVER_NAMES[solver]
@@ -114,6 +117,10 @@ class WRCUpsampler(Upsampler):
         self.wrc = WRCLayer(mid, kernel_size=2, scale=2, padding=2, eps=1e-5, solver=solver, centre=centre)
         self.refine = Bottleneck(mid + g, c // 2)
         self.head = conv1x1(c // 2, c, bias=True)
+        self.skip = bool(skip)
+        if self.skip:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def solver(self) -> str:
@@ -142,5 +149,7 @@ class WRCUpsampler(Upsampler):
         g2 = self.image_branch2(g1)
         x = self.fuse(torch.cat([x, g2], dim=1))
         x = self.wrc(x)
-        x = self.refine(torch.cat([x, g1], dim=1))
-        return self.head(x).to(features.dtype)
+        x = self.head(self.refine(torch.cat([x, g1], dim=1)))
+        if self.skip:
+            x = x + F.interpolate(features.to(dtype), size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
+        return x.to(features.dtype)

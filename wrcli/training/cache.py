@@ -5,7 +5,8 @@ One float16 safetensors file per image and role, ``DIR/ab/<image sha256>.<role>.
 - role ``train``: ``lr`` (uint8 low-res view, for guidance and on-the-fly augmentation), ``lr_feats``,
   ``down_feats`` (targets of the down term) and ``variants`` crop sets ``crops.<v>`` (K crop features) with
   ``offsets.<v>`` (their pixel offsets, drawn from the image's sha256, not from the training seed);
-- role ``val``: ``lr``, ``lr_feats`` and ``hr_feats`` (features of the full-size image: the 2× targets).
+- role ``val``: ``lr``, ``lr_feats`` and the two 2× targets ``hr_feats`` (features of the full-size image) and
+  ``tile_feats`` (the tiled features of its four quadrants, see :func:`wrcli.training.targets.val_targets`).
 
 The metadata key ``wrcli-cache`` holds the entry's key (format, role, size, crop count, crop sets, backbone
 config with its weights hash, image sha256); an entry whose key differs is stale and is rebuilt. Files are
@@ -52,6 +53,8 @@ def entry(root: str | os.PathLike, image_path: str, image_sha256: str, role: str
     fields = {"format": FORMAT, "role": role, "size": size, "backbone": identity, "image_sha256": image_sha256}
     if role == "train":
         fields.update(crops=crops, variants=variants)
+    else:
+        fields.update(targets=["hr_feats", "tile_feats"])
     path = Path(root) / image_sha256[:2] / f"{image_sha256}.{role}.safetensors"
     return Entry(path, json.dumps(fields, sort_keys=True), image_path, image_sha256, role)
 
@@ -87,10 +90,10 @@ def read_train_entry(path: Path, variant: int) -> dict[str, Tensor]:
         }
 
 
-def read_val_entry(path: Path) -> tuple[Tensor, Tensor, Tensor]:
-    """(lr view, lr features, full-size features) of a val entry, features as float32."""
+def read_val_entry(path: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(lr view, lr features, full-size features, tiled quadrant features) of a val entry, features as float32."""
     with safe_open(str(path), framework="pt") as f:
-        return f.get_tensor("lr"), f.get_tensor("lr_feats").float(), f.get_tensor("hr_feats").float()
+        return f.get_tensor("lr"), *(f.get_tensor(k).float() for k in ("lr_feats", "hr_feats", "tile_feats"))
 
 
 class _Decode(Dataset):
@@ -126,8 +129,8 @@ def build(entries: Sequence[Entry], backbone: Backbone, device: torch.device, *,
                 for v, feats in enumerate(crop_feats.split(crops)):
                     tensors[f"crops.{v}"], tensors[f"offsets.{v}"] = feats, offsets[v]
             else:
-                lr, lr_feats, hr_feats = val_targets(backbone, pixels[None])
-                tensors = {"lr": lr[0], "lr_feats": lr_feats[0], "hr_feats": hr_feats[0]}
+                lr, lr_feats, hr_feats, tile_feats = val_targets(backbone, pixels[None])
+                tensors = {"lr": lr[0], "lr_feats": lr_feats[0], "hr_feats": hr_feats[0], "tile_feats": tile_feats[0]}
             _write(e, tensors)
             bar.advance()
     finally:

@@ -78,6 +78,21 @@ def crop_windows(output: Tensor, offsets: Tensor, patch: int) -> Tensor:
     )
 
 
+def tile(images: Tensor) -> Tensor:
+    """(B,C,2h,2w) → its four quadrants (4B,C,h,w), ordered image by image: top-left, top-right,
+    bottom-left, bottom-right."""
+    B, C, H, W = images.shape
+    q = images.reshape(B, C, 2, H // 2, 2, W // 2).permute(0, 2, 4, 1, 3, 5)
+    return q.reshape(4 * B, C, H // 2, W // 2)
+
+
+def untile(quadrants: Tensor, batch: int) -> Tensor:
+    """The inverse of :func:`tile`: (4B,C,h,w) → (B,C,2h,2w)."""
+    _, C, h, w = quadrants.shape
+    q = quadrants.reshape(batch, 2, 2, C, h, w).permute(0, 3, 1, 4, 2, 5)
+    return q.reshape(batch, C, 2 * h, 2 * w)
+
+
 def cosine_mse(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     """Cosine_MSE between (N,C,H,W) maps, computed in float32.
 

@@ -31,14 +31,16 @@ def train_targets(backbone: Backbone, lr: Tensor, crops: Tensor) -> tuple[Tensor
 
 
 @torch.no_grad()
-def val_targets(backbone: Backbone, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """uint8 training-size images (B,3,S,S) → (uint8 low-res views, their features, the features of the images
-    themselves: the 2× targets)."""
+def val_targets(backbone: Backbone, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """uint8 training-size images (B,3,S,S) → (uint8 low-res views, their features, and two 2× targets:
+    the features of the images themselves, and the tiled features of their four S/2 quadrants, each seen
+    by the backbone at the low-res view's size like the recipe's local crops)."""
     lr = recipe.half_view(images)
     with autocast(images.device):
         lr_feats = backbone(backbone.normalize(lr))
         hr_feats = backbone(backbone.normalize(images))
-    return lr, lr_feats.float(), hr_feats.float()
+        tile_feats = recipe.untile(backbone(backbone.normalize(recipe.tile(images))), images.shape[0])
+    return lr, lr_feats.float(), hr_feats.float(), tile_feats.float()
 
 
 def backbone_identity(backbone: Backbone) -> dict:
