@@ -51,6 +51,14 @@ def _root(
     _debug = debug
 
 
+eval_app = typer.Typer(
+    help="The field's probes and correspondence benchmarks, several upsamplers side by side.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(eval_app, name="eval")
+
+
 @app.command("upsamplers")
 def upsamplers_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
     """List the upsamplers that --upsampler accepts (a checkpoint file is accepted too)."""
