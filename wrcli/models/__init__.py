@@ -7,7 +7,7 @@
 
 from .base import Upsampler
 from .checkpoint import load_checkpoint, read_checkpoint_config, save_upsampler
-from .registry import create_upsampler, list_upsamplers, load_upsampler, register
+from .registry import create_upsampler, default_upsampler, list_upsamplers, load_upsampler, register
 from .wrc import WRCLayer, WRCUpsampler
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "WRCUpsampler",
     "WRCLayer",
     "create_upsampler",
+    "default_upsampler",
     "load_upsampler",
     "save_upsampler",
     "list_upsamplers",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wrcli.checkpoints import shipped_checkpoint
+from wrcli.defaults import DEFAULT_UPSAMPLER
 from wrcli.errors import WrcError
 
 from .base import Upsampler, feature_channels
@@ -118,8 +119,14 @@ def _looks_like_path(name_or_path: str | os.PathLike) -> bool:
     return p.is_file() or name_or_path.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
+def default_upsampler(backbone: Any = None) -> str:
+    """What ``"default"`` means for ``backbone``: "wrc" when a checkpoint ships for its architecture,
+    else "bilinear"."""
+    return "wrc" if shipped_checkpoint("wrc", getattr(backbone, "arch", None)) is not None else "bilinear"
+
+
 def load_upsampler(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike = DEFAULT_UPSAMPLER,
     backbone: Any = None,
     *,
     channels: int | None = None,
@@ -135,10 +142,13 @@ def load_upsampler(
     unpickled). Otherwise ``name_or_path`` is a registry name: the checkpoint shipped with wrcli for
     that name and backbone architecture when there is one (see :mod:`wrcli.checkpoints`), else a fresh
     model whose channels and patch size come from ``backbone`` or the keywords — untrained for a
-    learned one (a warning says so). ``model.checkpoint`` is the file the weights came from, or None.
+    learned one (a warning says so). ``"default"`` (the default) is :func:`default_upsampler`.
+    ``model.checkpoint`` is the file the weights came from, or None.
     """
     from .checkpoint import load_checkpoint
 
+    if name_or_path == DEFAULT_UPSAMPLER:  # the name, never a file called "default"
+        name_or_path = default_upsampler(backbone)
     if _looks_like_path(name_or_path):
         model = load_checkpoint(name_or_path, backbone, channels=channels, patch_size=patch_size, strict=strict)
         model.checkpoint = Path(name_or_path)
