@@ -98,6 +98,8 @@ def test_cosine_mse_hand_computed():
     expected = (0 + 1) / 2 + ((2 / span) ** 2 + (2 / span) ** 2) / 6
     assert cosine_mse(pred, target).item() == pytest.approx(expected, rel=1e-6)
     assert cosine_mse(target, target).item() == pytest.approx(0, abs=1e-6)
+    # the plain MSE: squared errors 0,0,0 and 4,0,4 over 6 values
+    assert cosine_mse(pred, target, normalise=False).item() == pytest.approx((0 + 1) / 2 + 8 / 6, rel=1e-6)
 
 
 def test_cosine_mse_matches_torch_losses():
@@ -164,6 +166,17 @@ def test_training_reduces_the_loss_and_writes_a_loadable_model(setup, tmp_path, 
     assert prov["steps"] == 30 and prov["data"]["images"] == 6 and prov["data"]["validation"]["images"] == 2
     assert prov["validation"] == result["validation"] and prov["options"]["lr"] == 1e-3
     assert {"torch", "timm", "device", "seconds", "command"} <= set(prov)
+
+
+def test_skip_and_raw_mse_options_train_and_are_saved(setup, tmp_path):
+    out = tmp_path / "skip.safetensors"
+    result = train(setup["images"], str(out), options(setup, steps=4, skip=True, mse="raw"))
+    assert result["completed"] and all(v > 0 for v in result["losses"].values() if v is not None)
+    model = load_upsampler(out, load_backbone(ARCH, setup["weights"]["tiny"], **TINY))
+    assert model.skip and model.config["options"]["skip"] is True
+    assert model.head.weight.abs().sum() > 0  # the zero-initialised head has learned a correction
+    with pytest.raises(WrcError, match="unknown --mse"):
+        train(setup["images"], str(tmp_path / "x.safetensors"), options(setup, mse="l1"))
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["live", "cached"])

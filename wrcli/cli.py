@@ -166,6 +166,7 @@ def train_cmd(
     warmup: int = typer.Option(1000, min=0, help="Linear warm-up steps before the cosine decay (at most steps/10)."),
     solver: str = typer.Option("official", help="WRC solve: official, exact or converse."),
     skip: bool = typer.Option(False, help="Add a bilinear skip to the published network: it starts as bilinear."),
+    mse: str = typer.Option("range", help="MSE term: range (the authors', scaled by the target's per-pixel range) or raw."),
     backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="Frozen timm ViT."),
     backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file for offline use."),
     size: int = typer.Option(448, min=28, help="Training image side (the low-resolution view and the crops are half of it)."),
@@ -195,7 +196,7 @@ def train_cmd(
         val_spec = None
     opts = TrainOptions(
         steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup, solver=solver,
-        skip=skip, backbone=backbone, backbone_weights=backbone_weights, size=size, val=val_spec, val_every=val_every,
+        skip=skip, mse=mse, backbone=backbone, backbone_weights=backbone_weights, size=size, val=val_spec, val_every=val_every,
         log_every=log_every, log_file=log_file, checkpoint_every=checkpoint_every, resume=resume, cache=cache,
         cache_variants=cache_variants, down_weight=down_weight, aug_weight=aug_weight, workers=workers, seed=seed,
         device=device,

@@ -2,7 +2,8 @@
 
 Per training image (size S = 448 by default, patch p = 14): the S×S image (short side resized, centre crop),
 its S/2 low-res view → backbone → h×h tokens → upsampler ×2 (guided by the normalised low-res view) → 2h×2h.
-The loss sums three Cosine_MSE terms (:func:`wrcli.training.recipe.cosine_mse`):
+The loss sums three Cosine_MSE terms (:func:`wrcli.training.recipe.cosine_mse`; ``mse="raw"`` uses the plain
+MSE instead of the authors' range-scaled one):
 
 - local: K=4 crops of side S/2 at offsets that are multiples of 2p; each crop's backbone features are the
   target of the output window at offset/p;
@@ -69,6 +70,7 @@ class TrainOptions:
     warmup: int = 1000  # linear warm-up steps before the cosine decay, at most a tenth of --steps (authors: constant lr)
     clip_grad: float | None = None  # clip the gradient norm to this value; None: no clipping
     solver: str = "official"  # WRC solve: official (upsampler wrc), exact (wrc-exact) or converse (wrc-converse)
+    mse: str = "range"  # MSE term of the loss: "range" (the authors': scaled by the target's per-pixel range) or "raw"
     skip: bool = False  # add a bilinear skip to the published network (WRCUpsampler skip=True; it starts as bilinear)
     backbone: str = DEFAULT_BACKBONE  # frozen timm ViT whose features are upsampled
     backbone_weights: str | None = None  # .safetensors (timm layout) for the backbone; None: timm's pretrained weights
@@ -137,6 +139,8 @@ def _check(opts: TrainOptions) -> None:
         bad.append(f"stop_after={opts.stop_after}")
     if bad:
         raise WrcError(f"invalid training options: {', '.join(bad)}")
+    if opts.mse not in ("range", "raw"):
+        raise WrcError(f"unknown --mse {opts.mse!r}; use range or raw")
     if opts.solver not in SOLVER_NAMES:
         raise WrcError(f"unknown solver {opts.solver!r}; use one of {', '.join(SOLVER_NAMES)}")
 
@@ -171,7 +175,7 @@ class _Run:
             self.optimizer, functools.partial(lr_factor, steps=opts.steps, warmup=warmup)
         )
         self.fingerprint = {
-            "solver": opts.solver, "skip": opts.skip, "backbone": self.identity, "backbone_kwargs": opts.backbone_kwargs,
+            "solver": opts.solver, "skip": opts.skip, "mse": opts.mse, "backbone": self.identity, "backbone_kwargs": opts.backbone_kwargs,
             "size": opts.size, "crops": opts.crops, "batch_size": opts.batch_size, "world_size": rank.world,
             "lr": opts.lr, "weight_decay": opts.weight_decay, "warmup": warmup, "steps": opts.steps,
             "clip_grad": opts.clip_grad, "seed": opts.seed, "down_weight": opts.down_weight,
@@ -309,13 +313,14 @@ class _Run:
             feats, crop_feats, down_feats = train_targets(backbone, lr, batch["crops"].to(device).flatten(0, 1))
         with autocast(device):
             output, augmented = self.objective(feats, backbone.normalize(lr), backbone.normalize(batch["aug"].to(device)))
+        loss = functools.partial(cosine_mse, normalise=self.opts.mse == "range")
         terms = {
-            "local": cosine_mse(crop_windows(output, batch["offsets"], self.patch), crop_feats),
-            "down": cosine_mse(output, down_feats),  # authors: criterion(backbone feats, output), i.e. min-max by the output
+            "local": loss(crop_windows(output, batch["offsets"], self.patch), crop_feats),
+            "down": loss(output, down_feats),  # authors: criterion(backbone feats, output), i.e. min-max by the output
             # Target of the augmentation term: the clean-guided output without gradient. The authors run the
             # upsampler a third time under no_grad for it; the values are identical (same inputs, batch-norm in
             # training mode), but their batch-norm running statistics see that clean batch twice per step.
-            "aug": cosine_mse(augmented, output.detach()),
+            "aug": loss(augmented, output.detach()),
         }
         terms["loss"] = terms["local"] + self.opts.down_weight * terms["down"] + self.opts.aug_weight * terms["aug"]
         return terms

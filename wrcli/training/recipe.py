@@ -93,7 +93,7 @@ def untile(quadrants: Tensor, batch: int) -> Tensor:
     return q.reshape(batch, C, 2 * h, 2 * w)
 
 
-def cosine_mse(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+def cosine_mse(pred: Tensor, target: Tensor, eps: float = 1e-6, *, normalise: bool = True) -> Tensor:
     """Cosine_MSE between (N,C,H,W) maps, computed in float32.
 
     With p, t the C-vectors at one pixel and m = min(t), M = max(t) over channels::
@@ -101,10 +101,13 @@ def cosine_mse(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
         loss = mean_pixels(1 − cos(p, t)) + mean_all(((p − m)/(M − m + eps) − (t − m)/(M − m + eps))²)
 
     i.e. a cosine-embedding loss plus an MSE after min–max normalising both maps by the TARGET's per-pixel
-    range; the second term equals mean(((p − t)/(M − m + eps))²).
+    range (the authors' loss); the second term equals mean(((p − t)/(M − m + eps))²).
+    ``normalise=False``: the plain MSE mean((p − t)²) instead, which weighs every value alike.
     """
     pred, target = pred.float(), target.float()
     cos = F.cosine_similarity(pred, target, dim=1)
+    if not normalise:
+        return (1 - cos).mean() + (pred - target).square().mean()
     span = target.amax(dim=1, keepdim=True) - target.amin(dim=1, keepdim=True) + eps
     return (1 - cos).mean() + ((pred - target) / span).square().mean()
 
