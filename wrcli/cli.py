@@ -58,6 +58,134 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
+_PROBE_UPSAMPLER_HELP = ("Upsamplers to compare on the same data, comma-separated: registry names or checkpoint files "
+                         "('default': wrc with its shipped checkpoint, else bilinear).")
+
+
+def _probe_output(report: dict, metrics: tuple[str, ...], out: str | None, json_out: bool) -> None:
+    from wrcli.eval.common import print_table, write_report
+
+    if out:
+        write_report(out, report)
+    if json_out:
+        _print_json(report)
+        return
+    data, proto = report["dataset"], report["protocol"]
+    seeds = len(proto["seeds"])
+    print_table(f"{data['name']}/{data['val']['split']} · {proto['name']} · {proto['feature_size'][0]} px · "
+                f"{seeds} seed{'s' if seeds > 1 else ''}", report["results"], metrics)
+
+
+@eval_app.command("seg")
+def eval_seg_cmd(
+    root: str = typer.Argument(..., help="Dataset folder: VOC2012, ADEChallengeData2016, Cityscapes, cocostuff (curated lists) or generic (classes.txt, images/{train,val}/, masks/{train,val}/)."),
+    dataset: str = typer.Option("auto", help="voc, ade20k, cityscapes, coco27, generic, or auto (by layout)."),
+    protocol: str = typer.Option("jafar", help="jafar: 448, features upsampled to 448, AdamW 5e-4, 20 epochs, batch 4, flip; featup: 224, labels downsampled to the features, AdamW 1e-4, 10 epochs, batch 8."),
+    upsampler: str = typer.Option(f"bilinear,{DEFAULT_UPSAMPLER}", envvar="WRC_UPSAMPLER", help=_PROBE_UPSAMPLER_HELP),
+    scale: Optional[int] = typer.Option(None, min=1, help="Upsample the token grid ×N instead of to the label size (1 = the raw low-resolution features)."),
+    seeds: int = typer.Option(1, min=1, help="Probe runs per upsampler (seeds 0..N-1); several give mean ± std."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Override the protocol's epochs."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Override the protocol's batch size."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Override the protocol's learning rate."),
+    size: Optional[int] = typer.Option(None, min=1, help="Override the protocol's image side (a patch multiple), for quick runs."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images of each split, for quick runs."),
+    cache: Optional[str] = typer.Option(None, help="Folder for the backbone features (reused by later runs with the same data and backbone; default: a temporary folder)."),
+    workers: int = typer.Option(2, min=0, help="DataLoader decoding processes."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, dataset, versions, per-class IoU) as JSON."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
+    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
+    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of the table."),
+) -> None:
+    """Linear-probe semantic segmentation (mIoU, pixel accuracy), every upsampler on the same cached backbone
+    features, data and seeds."""
+    import shlex
+
+    from wrcli.eval.probes import ProbeOptions
+    from wrcli.eval.seg import run_seg
+
+    opts = ProbeOptions(upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights, device=device,
+                        seeds=seeds, limit=limit, cache=cache, workers=workers, epochs=epochs, batch_size=batch_size,
+                        lr=lr, size=size, scale=scale)
+    report = run_seg(root, dataset, protocol, opts, command=shlex.join(["wrc", *sys.argv[1:]]))
+    _probe_output(report, ("miou", "accuracy"), out, json_out)
+
+
+@eval_app.command("depth")
+def eval_depth_cmd(
+    root: str = typer.Argument(..., help="NYUv2 folder (nyu_depth_v2_labeled.mat with splits.mat or train.txt/test.txt) or generic (images/{train,val}/, depth/{train,val}/)."),
+    dataset: str = typer.Option("auto", help="nyu, generic, or auto (by layout)."),
+    protocol: str = typer.Option("probe3d", help="probe3d: 224, AdamW 5e-4, 10 epochs, batch 8, warm-up + cosine per step; jafar: 448, AdamW 5e-4, 20 epochs, batch 4, cosine per epoch."),
+    upsampler: str = typer.Option(f"bilinear,{DEFAULT_UPSAMPLER}", envvar="WRC_UPSAMPLER", help=_PROBE_UPSAMPLER_HELP),
+    depth_scale: float = typer.Option(1000.0, help="Generic 16-bit PNG depth: units per metre (1000 = millimetres); .npy is read as metres."),
+    max_depth: float = typer.Option(10.0, help="Deepest valid depth in metres (the top of the depth bins); deeper pixels are ignored."),
+    scale: Optional[int] = typer.Option(None, min=1, help="Upsample the token grid ×N instead of to the depth map size (1 = the raw low-resolution features)."),
+    seeds: int = typer.Option(1, min=1, help="Probe runs per upsampler (seeds 0..N-1); several give mean ± std."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Override the protocol's epochs."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Override the protocol's batch size."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Override the protocol's learning rate."),
+    size: Optional[int] = typer.Option(None, min=1, help="Override the protocol's image side (a patch multiple), for quick runs."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images of each split, for quick runs."),
+    cache: Optional[str] = typer.Option(None, help="Folder for the backbone features (reused by later runs with the same data and backbone; default: a temporary folder)."),
+    workers: int = typer.Option(2, min=0, help="DataLoader decoding processes."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, dataset, versions) as JSON."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
+    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
+    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of the table."),
+) -> None:
+    """Linear depth probe (RMSE, AbsRel, δ1), every upsampler on the same cached backbone features, data and
+    seeds."""
+    import shlex
+
+    from wrcli.eval.depth import run_depth
+    from wrcli.eval.probes import ProbeOptions
+
+    opts = ProbeOptions(upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights, device=device,
+                        seeds=seeds, limit=limit, cache=cache, workers=workers, epochs=epochs, batch_size=batch_size,
+                        lr=lr, size=size, scale=scale)
+    report = run_depth(root, dataset, protocol, opts, depth_scale=depth_scale, max_depth=max_depth,
+                       command=shlex.join(["wrc", *sys.argv[1:]]))
+    _probe_output(report, ("rmse", "abs_rel", "delta1"), out, json_out)
+
+
+@eval_app.command("corr")
+def eval_corr_cmd(
+    path: str = typer.Argument(..., help="SPair-71k root, a pairs file (.jsonl), or a stereo folder (see --dataset)."),
+    dataset: str = typer.Option(..., "--dataset", help="spair (SPair-71k root), pairs (JSON-lines keypoint pairs) or stereo (im0/im1/disp0 folders)."),
+    upsampler: str = typer.Option(f"bilinear,{DEFAULT_UPSAMPLER}", envvar="WRC_UPSAMPLER", help="Upsamplers to compare, comma-separated: registry names or checkpoint files ('default': wrc with its shipped checkpoint, else bilinear)."),
+    imsize: Optional[int] = typer.Option(None, min=1, help="Image side in pixels, a patch multiple: the letterbox square for keypoints (default 224), the long side for stereo (default 448)."),
+    scale: int = typer.Option(2, min=1, help="Upsampling factor of the token grid before the bilinear resize to the image (published protocol: 2; 1 = raw backbone; the patch size = image resolution)."),
+    split: str = typer.Option("test", help="SPair-71k split folder under PairAnnotation/."),
+    pairs_per_category: int = typer.Option(100, min=0, help="SPair-71k pairs drawn per category (0 = all)."),
+    seed: int = typer.Option(0, help="Seed of the per-category draw."),
+    stride: int = typer.Option(1, min=1, help="Stereo: evaluate every N-th row and column of the left image."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N pairs."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, versions, per-category results) as JSON."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
+    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
+    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON line on stdout instead of the table."),
+) -> None:
+    """Keypoint correspondence (PCK@0.1/0.05/0.01 on SPair-71k or a pairs file) and dense stereo correspondence
+    (PCK at 1/2/4/8 px and EPE), every upsampler on the same backbone features."""
+    from wrcli.eval.common import print_table, write_report
+    from wrcli.eval.correspondence import run_corr
+
+    report = run_corr(
+        dataset, path, upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights, device=device,
+        imsize=imsize, scale=scale, split=split, pairs_per_category=pairs_per_category, seed=seed, stride=stride,
+        limit=limit,
+    )
+    if out:
+        write_report(out, report)
+    if json_out:
+        _print_json(report)
+    else:
+        protocol = report["protocol"]
+        print_table(f"{dataset}: {report['dataset']['pairs']} pairs, {report['dataset']['points']} points, "
+                    f"imsize {protocol['imsize']}, scale {protocol['scale']}", report["results"], report["metrics"])
+
 
 @app.command("upsamplers")
 def upsamplers_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
@@ -73,6 +201,7 @@ def upsamplers_cmd(json_out: bool = typer.Option(False, "--json", help="Print JS
     width = max(map(len, table))
     for name, description in table.items():
         typer.echo(f"{name:<{width}}  {description}")
+    typer.echo(f"(--upsampler {DEFAULT_UPSAMPLER}, the default: wrc with the checkpoint shipped for the backbone, else bilinear)")
 
 
 def _hw(text: str | None, flag: str) -> tuple[int, int] | None:
@@ -108,7 +237,7 @@ def extract_cmd(
     out: str = typer.Argument(..., help="Output store: *.zarr (Zarr v3) or *.h5 / *.hdf5 (HDF5)."),
     backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
     backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
-    upsampler: str = typer.Option(DEFAULT_UPSAMPLER, envvar="WRC_UPSAMPLER", help="Registry name (see `wrc upsamplers`) or checkpoint file."),
+    upsampler: str = typer.Option(DEFAULT_UPSAMPLER, envvar="WRC_UPSAMPLER", help="Registry name (see `wrc upsamplers`) or checkpoint file; 'default': wrc with the checkpoint shipped for the backbone, else bilinear."),
     scale: int = typer.Option(2, min=1, help="Upsampling factor of the token grid (1 = the backbone's own grid)."),
     out_size: Optional[str] = typer.Option(None, help="Explicit feature size HxW for every image instead of --scale."),
     size: int = typer.Option(448, min=1, help="Resize the short side to this many pixels (rounded to the patch multiple)."),
@@ -204,6 +333,49 @@ def train_cmd(
     result = train(images, out, opts)
     if json_out:
         _print_json(result)
+
+
+def _query(text: str) -> tuple[float, float]:
+    try:
+        y, x = (float(v) for v in text.split(","))
+        if y < 0 or x < 0:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"expected y,x pixel coordinates ≥ 0, e.g. 120,200, got {text!r}", param_hint="--query") from None
+    return y, x
+
+
+@app.command("viz")
+def viz_cmd(
+    images: list[str] = typer.Argument(..., help="Images: files, folders (recursive), globs or list files."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for the PNGs (one per image, named after it)."),
+    upsampler: str = typer.Option(f"bilinear,{DEFAULT_UPSAMPLER}", envvar="WRC_UPSAMPLER", help="Upsamplers side by side, comma-separated: registry names or checkpoint files ('default': wrc with its shipped checkpoint, else bilinear)."),
+    query: Optional[list[str]] = typer.Option(None, "--query", "-q", help="Similarity query point y,x in pixels of the original image; repeat for several (default: the centre)."),
+    size: int = typer.Option(448, min=1, help="Resize the short side to this many pixels (rounded to the patch multiple)."),
+    max_side: Optional[int] = typer.Option(None, min=1, help="Cap on the long side in pixels (default 2 × --size)."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
+    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
+    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of the PNG paths."),
+) -> None:
+    """Draw PCA-RGB feature images and query-point similarity maps, upsamplers side by side with the image.
+
+    Exit status 3 means some images could not be read (the others were drawn)."""
+    from wrcli.viz import run_viz
+
+    summary = run_viz(
+        images, out, upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights, device=device,
+        size=size, max_side=max_side, queries=[_query(q) for q in query or []],
+    )
+    if json_out:
+        _print_json(summary)
+    else:
+        for path in summary["written"]:
+            typer.echo(path)
+    for failure in summary["failed"]:
+        typer.echo(f"wrc: {failure['path']}: {failure['error']}", err=True)
+    if summary["failed"]:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @app.command("info")

@@ -55,6 +55,15 @@ def load_upsamplers(names: Sequence[str], backbone: Any, device: Any) -> dict[st
     return models
 
 
+def resolve_default(names: Sequence[str], backbone: Any) -> list[str]:
+    """``names`` with "default" replaced by what it means for ``backbone`` (wrc with its shipped checkpoint,
+    else bilinear), so that the column says what ran; repeats dropped."""
+    from wrcli.defaults import DEFAULT_UPSAMPLER
+    from wrcli.models import default_upsampler
+
+    return list(dict.fromkeys(default_upsampler(backbone) if n == DEFAULT_UPSAMPLER else n for n in names))
+
+
 def describe_upsampler(model: Any) -> dict[str, Any]:
     """Name, checkpoint file and its sha256, and config of one upsampler (for the report)."""
     from wrcli.extract import file_sha256

@@ -1,0 +1,187 @@
+"""The probes' feature cache: each image of a split is decoded, resized and passed through the frozen backbone once.
+
+One folder per split, ``<cache>/<dataset>-<split>-<key>/``:
+
+- ``images.npy`` (N, S, S, 3) uint8: the backbone input after the protocol's resize (kept for image-guided
+  upsamplers, which take the normalised image);
+- ``targets.npy`` (N, S, S): class indices (uint8) or depth in metres (float32), resized by nearest neighbour;
+- ``feats.npy`` (N, C, S/p, S/p) float16: the backbone's low-resolution patch features;
+- ``flipped.npy`` (only when the protocol flips): the features of the mirrored images, so that the random
+  horizontal flip (applied before the backbone, as in the reference code) costs no backbone pass either;
+- ``meta.json``: the key and how many images are done.
+
+The key covers the format, dataset, split, every sample's files (path, size, mtime), the size, the flip and the
+backbone (config and weights hash). A folder with the same key is reused, and an interrupted build resumes after
+its last finished batch. Every upsampler then reads the same arrays and upsamples on the fly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from wrcli.backbones import Backbone
+from wrcli.errors import WrcError
+from wrcli.progress import Progress
+
+from .datasets import IGNORE, Sample, Split
+
+FORMAT = 1
+BACKBONE_BATCH = 8
+
+
+def centre_square(image: Image.Image, target: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize the short side to ``size`` and centre-crop ``size × size`` (Resize(size) + CenterCrop(size)).
+
+    Done as one resize of the centre square, which gives the same pixels up to the rounding of the crop offset:
+    the image bilinear and antialiased (Pillow, like torchvision's default), the target by nearest neighbour at
+    pixel centres (torch's ``nearest-exact``), so that labels and measured depths keep their values.
+    Returns (size, size, 3) uint8 and (size, size) of the target's dtype (uint8 or float32).
+    """
+    w, h = image.size
+    if target.shape != (h, w):
+        raise ValueError(f"target map {target.shape[1]}x{target.shape[0]} does not match the {w}x{h} image")
+    s = min(w, h)
+    box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+    pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box))
+    resized = Image.fromarray(target).resize((size, size), Image.Resampling.NEAREST, box=box)
+    return pixels, np.asarray(resized, dtype=target.dtype)
+
+
+class _Decoded(Dataset):
+    """Samples ``start..`` of a split, decoded and resized in DataLoader workers; a failure comes back as text.
+    With ``classes``, a label outside 0..classes−1 that is not 255 (ignore) is a failure."""
+
+    def __init__(self, samples: tuple[Sample, ...], start: int, size: int, dtype: np.dtype, classes: int | None) -> None:
+        self.samples, self.start, self.size, self.dtype, self.classes = samples, start, size, dtype, classes
+
+    def __len__(self) -> int:
+        return len(self.samples) - self.start
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+        sample = self.samples[self.start + i]
+        try:
+            image, target = sample.load()
+            if self.classes is not None:
+                bad = np.unique(target[(target >= self.classes) & (target != IGNORE)])
+                if bad.size:
+                    raise ValueError(f"label values {bad[:5].tolist()} are not classes 0..{self.classes - 1} or {IGNORE} (ignore)")
+            pixels, target = centre_square(image, target.astype(self.dtype, copy=False), self.size)
+        except Exception as e:  # noqa: BLE001 - Pillow, h5py and numpy raise many types for a bad file
+            return None, None, f"cannot read sample {sample.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        return pixels, target, None
+
+
+@dataclass
+class SplitCache:
+    """The cached arrays of one split (memory-mapped)."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    feats: np.ndarray
+    flipped: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def batch(self, index: Tensor, flip: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Images (B, 3, S, S) uint8, features (B, C, h, w) float32 and targets (B, S, S) of samples ``index``,
+        those with ``flip`` mirrored (image, target, and the features of the mirrored image)."""
+        idx = index.numpy()
+        pixels = torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).contiguous()
+        feats = torch.from_numpy(self.feats[idx])
+        targets = torch.from_numpy(self.targets[idx])
+        if flip is not None and bool(flip.any()):
+            if self.flipped is None:
+                raise ValueError("this split was cached without the mirrored features")
+            pixels[flip] = pixels[flip].flip(-1)
+            targets[flip] = targets[flip].flip(-1)
+            feats[flip] = torch.from_numpy(self.flipped[idx[flip.numpy()]])
+        return pixels.to(device), feats.to(device).float(), targets.to(device)
+
+
+def cache_key(dataset: str, split: Split, size: int, flip: bool, backbone: Backbone, target_dtype: np.dtype,
+              classes: int | None) -> dict[str, Any]:
+    """Everything the cached arrays depend on."""
+    samples = hashlib.sha256(json.dumps([s.fingerprint() for s in split.samples]).encode()).hexdigest()
+    return {"format": FORMAT, "dataset": dataset, "split": split.name, "images": len(split.samples), "samples": samples,
+            "size": size, "flip": flip, "target_dtype": np.dtype(target_dtype).name, "classes": classes,
+            "backbone": backbone.config()}
+
+
+def build_cache(root: str | os.PathLike, dataset: str, split: Split, *, size: int, flip: bool, backbone: Backbone,
+                device: torch.device, target_dtype: np.dtype, classes: int | None = None, workers: int = 0,
+                progress: bool = True) -> SplitCache:
+    """Decode, resize and encode ``split`` once under ``root`` (or reuse/resume a folder with the same key).
+    ``classes``: the number of classes the label maps must fit (segmentation)."""
+    if size % backbone.patch_size:
+        raise WrcError(f"image size {size} is not a multiple of the backbone's {backbone.patch_size}-pixel patch")
+    key = cache_key(dataset, split, size, flip, backbone, target_dtype, classes)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(root) / f"{dataset}-{split.name}-{digest}"
+    n, grid = len(split.samples), size // backbone.patch_size
+    shapes = {"images": ((n, size, size, 3), np.uint8), "targets": ((n, size, size), target_dtype),
+              "feats": ((n, backbone.channels, grid, grid), np.float16)}
+    if flip:
+        shapes["flipped"] = shapes["feats"]
+    meta_path = folder / "meta.json"
+    done = _done(meta_path, key, [folder / f"{name}.npy" for name in shapes])
+    if done == n:
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in shapes}
+        return SplitCache(arrays["images"], arrays["targets"], arrays["feats"], arrays.get("flipped"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        mode = "r+" if done else "w+"
+        arrays = {name: open_memmap(folder / f"{name}.npy", mode=mode, dtype=dt, shape=shape) for name, (shape, dt) in shapes.items()}
+    except OSError as e:
+        raise WrcError(f"cannot create the feature cache in {folder}: {e.strerror or e}") from None
+    _write_meta(meta_path, key, done)
+    loader = DataLoader(_Decoded(split.samples, done, size, np.dtype(target_dtype), classes), batch_size=BACKBONE_BATCH,
+                        num_workers=workers, collate_fn=list)
+    bar = Progress(n - done, f"features {dataset} {split.name}", enabled=progress)
+    with torch.inference_mode():
+        for batch in loader:
+            errors = [err for *_, err in batch if err]
+            if errors:
+                raise WrcError(errors[0])
+            a, b = done, done + len(batch)
+            pixels = np.stack([p for p, _, _ in batch])
+            x = backbone.normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device))
+            arrays["images"][a:b] = pixels
+            arrays["targets"][a:b] = np.stack([t for _, t, _ in batch])
+            arrays["feats"][a:b] = backbone(x).to(torch.float16).cpu().numpy()
+            if flip:
+                arrays["flipped"][a:b] = backbone(x.flip(-1)).to(torch.float16).cpu().numpy()
+            for arr in arrays.values():
+                arr.flush()
+            done = b
+            _write_meta(meta_path, key, done)
+            bar.advance(len(batch))
+    bar.close()
+    return SplitCache(arrays["images"], arrays["targets"], arrays["feats"], arrays.get("flipped"))
+
+
+def _done(meta_path: Path, key: dict, files: list[Path]) -> int:
+    """Images already cached under ``key`` (0 when the folder is new, partial files are missing or the key differs)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(meta.get("done", 0)) if meta.get("key") == key and all(f.is_file() for f in files) else 0
+
+
+def _write_meta(path: Path, key: dict, done: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"key": key, "done": done}, indent=1))
+    os.replace(tmp, path)

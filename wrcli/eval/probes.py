@@ -1,0 +1,286 @@
+"""Linear probes on upsampled features: protocol presets, the training loop, and the side-by-side run.
+
+The probe is one 1×1 convolution on the frozen backbone's features after the upsampler. Per batch:
+
+1. the cached low-resolution features (and, for image-guided upsamplers, the normalised image) go through the
+   upsampler to the feature size: the label size S, or the token grid × ``scale``;
+2. ``pred = task.predict(conv(features))``;
+3. ``train_at="label"`` (JAFAR, AnyUp, Probe3D): the prediction is resized bilinearly to the S × S target;
+   ``train_at="feature"`` (FeatUp, LoftUp): the target is nearest-downsampled to the prediction instead;
+4. ``loss = task.loss(pred, target)``; AdamW step.
+
+Evaluation resizes every prediction to the S × S target and feeds the task's accumulator.
+
+Learning rate, for epoch e of E and step t of T (W warm-up steps):
+
+- ``cosine-epoch``: ``lr · (1 + cos(π e / E)) / 2``, i.e. torch's CosineAnnealingLR with T_max = E stepped once per
+  epoch (JAFAR @94d4d545 steps it per batch, a bug AnyUp fixed);
+- ``warmup-cosine-step`` (Probe3D): ``lr · (0.01 + 0.99 t / W)`` for t ≤ W, else
+  ``lr · (0.01 + 0.99 cos(π/2 · (t − W) / (T − W)))``.
+
+Seeds: run s (0..N−1) initialises the probe from seed s and draws the data order and the flips from a generator
+seeded with s, so every upsampler is trained on the same batches; the numbers are reported as mean ± std.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Protocol as TypingProtocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER
+from wrcli.errors import WrcError
+from wrcli.models.base import resize
+from wrcli.progress import Progress
+
+from .common import describe_upsampler, environment, load_upsamplers, mean_std, parse_upsamplers, resolve_default
+from .datasets import ProbeData
+from .features import SplitCache, build_cache
+
+SCHEDULES = ("cosine-epoch", "warmup-cosine-step")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every setting of a probe protocol that changes the numbers."""
+
+    name: str
+    size: int  # short side resized to this, then centre crop size × size (image and target)
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    flip: bool  # random horizontal flip of training images
+    train_at: str = "label"  # "label" or "feature" (see the module docstring)
+    schedule: str = "cosine-epoch"
+    warmup_epochs: float = 0.0
+    scale: int | None = None  # features upsampled ×scale of the token grid; None: to the label size
+
+    def __post_init__(self) -> None:
+        if self.train_at not in ("label", "feature") or self.schedule not in SCHEDULES:
+            raise ValueError(f"bad protocol {self}")
+        for name in ("size", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise WrcError(f"protocol {self.name}: {name.replace('_', '-')} must be at least 1")
+        if self.scale is not None and self.scale < 1:
+            raise WrcError(f"protocol {self.name}: scale must be at least 1")
+
+    def feature_hw(self, patch: int) -> tuple[int, int]:
+        side = self.size if self.scale is None else self.size // patch * self.scale
+        return side, side
+
+    def overridden(self, **values: Any) -> Protocol:
+        """This protocol with the given settings replaced (None keeps the preset's)."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+def lr_factor(protocol: Protocol, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The learning-rate multiplier at ``step`` of ``epoch`` (see the module docstring)."""
+    if protocol.schedule == "cosine-epoch":
+        return (1 + math.cos(math.pi * epoch / protocol.epochs)) / 2
+    t = epoch * steps_per_epoch + step
+    total, warm = protocol.epochs * steps_per_epoch, protocol.warmup_epochs * steps_per_epoch
+    if t <= warm:
+        return 0.01 + 0.99 * t / warm
+    return 0.01 + 0.99 * math.cos(0.5 * math.pi * (t - warm) / max(total - warm, 1e-9))
+
+
+class Accumulator(TypingProtocol):
+    """Collects a task's metrics over the batches of a split."""
+
+    def update(self, pred: Tensor, target: Tensor) -> None: ...
+
+    def result(self) -> dict[str, Any]: ...
+
+
+class Task(TypingProtocol):
+    """What differs between probes: head width, prediction, loss, target resizing and metrics."""
+
+    kind: str
+    out_channels: int
+    label_classes: int | None  # targets are class indices 0..label_classes−1 (or 255); None for depth
+    metrics: tuple[str, ...]  # the scalar results, in table order
+
+    def predict(self, out: Tensor) -> Tensor: ...
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor: ...
+
+    def shrink(self, target: Tensor, size: tuple[int, int]) -> Tensor:
+        """Targets nearest-downsampled to ``size`` (only protocols with ``train_at="feature"`` call it)."""
+        ...
+
+    def accumulator(self) -> Accumulator: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How to run: which upsamplers and backbone, where, how many seeds, and overrides of the preset."""
+
+    upsamplers: str | Sequence[str] = f"bilinear,{DEFAULT_UPSAMPLER}"  # "default": wrc with its shipped checkpoint, else bilinear
+    backbone: str = DEFAULT_BACKBONE
+    backbone_weights: str | None = None
+    device: str = "auto"
+    seeds: int = 1
+    limit: int | None = None  # first N images of each split
+    cache: str | None = None  # feature cache folder (reused across runs); None: a temporary folder
+    workers: int = 2
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    size: int | None = None
+    scale: int | None = None
+    progress: bool = True
+
+
+def new_head(channels: int, task: Task, seed: int, device: torch.device) -> nn.Conv2d:
+    """The 1×1 conv probe, initialised (PyTorch's default init) from ``seed`` without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Conv2d(channels, task.out_channels, kernel_size=1)
+    return head.to(device)
+
+
+def upsampled(upsampler: Any, backbone: Any, pixels: Tensor, feats: Tensor, size: tuple[int, int]) -> Tensor:
+    """The upsampler's output at ``size`` for cached features (no gradient: the upsampler is frozen)."""
+    with torch.no_grad():
+        image = backbone.normalize(pixels) if upsampler.guided else None
+        return upsampler.upsample(feats, image, size=size)
+
+
+def _to_target(pred: Tensor, target: Tensor) -> Tensor:
+    """``pred`` resized bilinearly to the target's size (unchanged when it matches)."""
+    return pred if pred.shape[-2:] == target.shape[-2:] else resize(pred, tuple(target.shape[-2:]), "bilinear")
+
+
+def train_probe(task: Task, protocol: Protocol, data: SplitCache, upsampler: Any, backbone: Any, seed: int,
+                device: torch.device, bar: Progress | None = None) -> nn.Conv2d:
+    """Train a fresh probe on ``data`` with ``protocol``; returns it in eval mode."""
+    head = new_head(data.feats.shape[1], task, seed, device)
+    opt = torch.optim.AdamW(head.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    n, bs = len(data), protocol.batch_size
+    steps = math.ceil(n / bs)
+    size = protocol.feature_hw(backbone.patch_size)
+    for epoch in range(protocol.epochs):
+        order = torch.randperm(n, generator=gen)
+        flips = torch.rand(n, generator=gen) < 0.5 if protocol.flip else None
+        for step in range(steps):
+            idx = order[step * bs:(step + 1) * bs]
+            pixels, feats, target = data.batch(idx, None if flips is None else flips[idx], device)
+            pred = task.predict(head(upsampled(upsampler, backbone, pixels, feats, size)))
+            if protocol.train_at == "label":
+                pred = _to_target(pred, target)
+            else:
+                target = task.shrink(target, tuple(pred.shape[-2:]))
+            loss = task.loss(pred, target)
+            for group in opt.param_groups:
+                group["lr"] = protocol.lr * lr_factor(protocol, epoch, step, steps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if bar is not None:
+                bar.advance()
+    return head.eval()
+
+
+def predictions(task: Task, head: nn.Module, data: SplitCache, upsampler: Any, backbone: Any, protocol: Protocol,
+                device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """(prediction at the target size, target) per batch of ``data``, in order, without flips."""
+    size = protocol.feature_hw(backbone.patch_size)
+    for start in range(0, len(data), protocol.batch_size):
+        pixels, feats, target = data.batch(torch.arange(start, min(start + protocol.batch_size, len(data))), None, device)
+        with torch.no_grad():
+            yield _to_target(task.predict(head(upsampled(upsampler, backbone, pixels, feats, size))), target), target
+
+
+def evaluate(task: Task, head: nn.Module, data: SplitCache, upsampler: Any, backbone: Any, protocol: Protocol,
+             device: torch.device, bar: Progress | None = None) -> dict[str, Any]:
+    acc = task.accumulator()
+    for pred, target in predictions(task, head, data, upsampler, backbone, protocol, device):
+        acc.update(pred, target)
+        if bar is not None:
+            bar.advance()
+    return acc.result()
+
+
+def summarise(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
+    """One seed: its values; several: ``mean_std`` per scalar metric. Mapping-valued results (per-class
+    numbers) become the mean over the seeds where defined. NaN becomes None (JSON has no NaN)."""
+    out: dict[str, Any] = {}
+    for name in metrics:
+        values = [r[name] for r in runs]
+        if any(v is None or math.isnan(v) for v in values):
+            out[name] = None
+        else:
+            out[name] = values[0] if len(values) == 1 else mean_std(values)
+    for name, value in runs[0].items():
+        if isinstance(value, Mapping):
+            out[name] = {k: _nanmean([r[name][k] for r in runs]) for k in value}
+    return out
+
+
+def _nanmean(values: Sequence[float]) -> float | None:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+def run_probe(task: Task, data: ProbeData, protocol: Protocol, options: ProbeOptions, target_dtype: np.dtype,
+              command: str | None = None) -> dict[str, Any]:
+    """Train and evaluate the probe for every upsampler and seed on the same cached data; the report (see
+    :mod:`wrcli.eval.common`)."""
+    from wrcli.backbones import load_backbone
+    from wrcli.runtime import current_rank, resolve_device
+
+    start = time.monotonic()
+    if options.seeds < 1:
+        raise WrcError("--seeds must be at least 1")
+    protocol = protocol.overridden(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, size=options.size,
+                                   scale=options.scale)
+    data = data.limited(options.limit)
+    names = parse_upsamplers(options.upsamplers)
+    device = resolve_device(options.device, current_rank())
+    backbone = load_backbone(options.backbone, options.backbone_weights, device=device)
+    models = load_upsamplers(resolve_default(names, backbone), backbone, device)
+    folder = tempfile.TemporaryDirectory(prefix="wrc-eval-") if options.cache is None else nullcontext(options.cache)
+    results: dict[str, Any] = {}
+    with folder as root:
+        common = dict(size=protocol.size, backbone=backbone, device=device, target_dtype=target_dtype,
+                      classes=task.label_classes,
+                      workers=options.workers, progress=options.progress)
+        train = build_cache(root, data.name, data.train, flip=protocol.flip, **common)
+        val = build_cache(root, data.name, data.val, flip=False, **common)
+        per_seed = protocol.epochs * math.ceil(len(train) / protocol.batch_size) + math.ceil(len(val) / protocol.batch_size)
+        for label, model in models.items():
+            began = time.monotonic()
+            bar = Progress(options.seeds * per_seed, f"probe {label}", unit="batch", enabled=options.progress)
+            runs = []
+            for seed in range(options.seeds):
+                head = train_probe(task, protocol, train, model, backbone, seed, device, bar)
+                runs.append(evaluate(task, head, val, model, backbone, protocol, device, bar))
+            bar.close()
+            results[label] = {**summarise(runs, task.metrics), "seconds": round(time.monotonic() - began, 2)}
+    return {
+        "task": task.kind,
+        "protocol": {**dataclasses.asdict(protocol), "feature_size": list(protocol.feature_hw(backbone.patch_size)),
+                     "probe": f"1x1 conv, {backbone.channels} → {task.out_channels} channels", "optimizer": "AdamW",
+                     **task.describe(), "seeds": list(range(options.seeds)),
+                     "seed_controls": "probe initialisation, data order and flips (the same for every upsampler)"},
+        "dataset": data.describe(),
+        "environment": environment(device),
+        "backbone": backbone.config(),
+        "upsamplers": {label: describe_upsampler(m) for label, m in models.items()},
+        "results": results,
+        "seconds": round(time.monotonic() - start, 2),
+        "command": command,
+    }
