@@ -15,7 +15,7 @@ from wrcli import load_backbone, load_upsampler
 here = Path(__file__).parent
 parser = argparse.ArgumentParser()
 parser.add_argument("--weights", help="backbone weights file for offline use (default: the model hub)")
-parser.add_argument("--upsampler", default="bilinear", help="registry name (wrc, bilinear, ...) or checkpoint file")
+parser.add_argument("--upsampler", default="default", help="registry name (default, wrc, bilinear, ...) or checkpoint file")
 args = parser.parse_args()
 
 backbone = load_backbone("vit_small_patch14_dinov2.lvd142m", weights=args.weights)

@@ -4,7 +4,7 @@ The public API is small and imported lazily so that ``import wrcli`` (and ``wrc 
 
 >>> from wrcli import load_backbone, load_upsampler
 >>> backbone = load_backbone("vit_small_patch14_dinov2", weights="dinov2_vits14.safetensors")
->>> upsampler = load_upsampler("wrc.safetensors", backbone)   # a checkpoint, or a name such as "bilinear"
+>>> upsampler = load_upsampler(backbone=backbone)   # the default; or a name ("bilinear") or a checkpoint file
 >>> images = backbone.normalize(pixels)            # uint8 (B, 3, H, W) → normalised
 >>> feats = backbone(images)                      # (B, C, h, w) patch features
 >>> dense = upsampler.upsample(feats, images, scale=2)

@@ -431,7 +431,8 @@ class _Run:
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return {
             "command": " ".join(sys.argv), "options": json.loads(json.dumps(asdict(self.opts))),
-            "recipe": "wrcli self-supervised WRC training: local crops + down + augmentation consistency, Cosine_MSE",
+            "recipe": "wrcli self-supervised WRC training: local crops + down + augmentation consistency, cosine + "
+                      + ("range-scaled MSE (Cosine_MSE)" if self.opts.mse == "range" else "plain MSE"),
             "data": {"images": len(self.train_images), "list_sha256": self.fingerprint["data_sha256"],
                      "skipped": self.skipped, "validation": self.split},
             "backbone": self.identity, "steps": self.step, "seconds": seconds, "device": device,

@@ -9,9 +9,10 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-# (registry name, backbone architecture) → file in this folder. Empty until a trained checkpoint beats
-# bilinear on held-out images by a clear margin (see the training notes in README.md).
-SHIPPED: dict[tuple[str, str], str] = {}
+# (registry name, backbone architecture) → file in this folder
+SHIPPED: dict[tuple[str, str], str] = {
+    ("wrc", "vit_small_patch14_dinov2"): "wrc_dinov2_vits14.safetensors",
+}
 
 
 def shipped_checkpoint(name: str, arch: str | None) -> Path | None:
