@@ -165,11 +165,11 @@ def test_learned_without_channels_is_an_error():
 
 
 def test_load_untrained_warns_and_uses_backbone():
-    bb = SimpleNamespace(name="dinov2_vits14", arch="vit_small_patch14_dinov2", patch_size=14, channels=C, embed_dim=C)
+    bb = SimpleNamespace(name="dinov2_vits14", arch="vit_test_patch14", patch_size=14, channels=C, embed_dim=C)
     with pytest.warns(UserWarning, match="untrained"):
         m = load_upsampler("wrc", backbone=bb)
     assert m.channels == C and m.patch_size == 14 and not m.training
-    assert m.config["backbone"] == {"name": "dinov2_vits14", "arch": "vit_small_patch14_dinov2"}
+    assert m.config["backbone"] == {"name": "dinov2_vits14", "arch": "vit_test_patch14"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_upsampler("bilinear")  # parameter-free: no warning
