@@ -4,11 +4,15 @@ Forward-only = the same images, decoded and resized beforehand with the same pol
 exactly the uint8 batches extract forms (same shards, same size buckets), run through normalisation + backbone + upsampler + cast to the stored dtype
 (what extract computes), with no decoding and no writing. End-to-end = the `wrc extract` command itself
 (decode in workers, compute, background writes), timed from its first image to its last shard written, plus
-its whole wall time. Peak memory is the PSS summed over the process tree (main process + DataLoader workers),
-sampled every 0.2 s.
+its whole wall time; nothing samples it while it runs (reading /proc/PID/smaps_rollup walks the page tables
+of a process that faults in ~100k pages a second, and sampling it every 0.2 s cost a fifth of its
+throughput). Peak memory is measured in separate runs: the PSS summed over the process tree (main process +
+DataLoader workers) sampled every 0.5 s, and the main process's own peak RSS (VmHWM). Those runs cycle
+through the same 100 photos, spread evenly over the image folder, so 100 and 1000 images differ only in
+their number, not in which image sizes they meet.
 
     python benchmarks/extract_throughput.py --images ../shared/data/photos --weights W.safetensors \
-        --n 200 --rss 100,1000 --json results.json
+        --n 200 --rss 100,1000 --rss-size 224 --json results.json
 """
 
 from __future__ import annotations
@@ -52,29 +56,46 @@ def tree_pss_kib(pid: int) -> int:
     return total
 
 
-def run_extract(src: Path, out: Path, args: argparse.Namespace, size: int) -> dict:
+def vm_hwm_kib(pid: int) -> int:
+    """Peak resident set size of one process so far (VmHWM), KiB; 0 once it has gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_extract(src: Path, out: Path, args: argparse.Namespace, size: int, *, memory: bool) -> dict:
     cmd = [sys.executable, "-m", "wrcli", "extract", str(src), str(out), "--backbone-weights", args.weights,
            "--upsampler", args.upsampler, "--size", str(size), "--batch-size", str(args.batch_size),
            "--workers", str(args.workers), "--device", "cpu", "--json", "--overwrite"]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    peak = [0]
+    peak, hwm = [0], [0]
 
     def sample() -> None:
         while proc.poll() is None:
             peak[0] = max(peak[0], tree_pss_kib(proc.pid))
-            time.sleep(0.2)
+            hwm[0] = max(hwm[0], vm_hwm_kib(proc.pid))
+            time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    if memory:
+        sampler.start()
     stdout, _ = proc.communicate()
-    sampler.join()
+    if memory:
+        sampler.join()
     if proc.returncode not in (0, 3):
         raise SystemExit(f"wrc extract failed ({proc.returncode}): {' '.join(cmd)}")
     summary = json.loads(stdout)
-    return {"images_per_s": summary["images_per_s"], "wall_s": time.monotonic() - start, "peak_pss_mib": peak[0] / 1024,
-            "bytes_per_image": summary["bytes_on_disk"] / summary["n_images"], "n": summary["n_images"]}
+    result = {"images_per_s": summary["images_per_s"], "wall_s": time.monotonic() - start,
+              "bytes_per_image": summary["bytes_on_disk"] / summary["n_images"], "n": summary["n_images"], "size": size}
+    if memory:
+        result |= {"peak_pss_mib": peak[0] / 1024, "main_peak_rss_mib": hwm[0] / 1024}
+    return result
 
 
 def forward_only(files: list[Path], args: argparse.Namespace) -> float:
@@ -105,9 +126,12 @@ def forward_only(files: list[Path], args: argparse.Namespace) -> float:
         return len(files) / (time.monotonic() - start)
 
 
-def image_folder(images: Path, n: int, into: Path) -> Path:
-    """A folder of n images (symlinks, cycling through the source photos under distinct names)."""
+def image_folder(images: Path, n: int, into: Path, pool: int | None = None) -> Path:
+    """A folder of n images (symlinks under distinct names), cycling through the source photos in name order,
+    or through ``pool`` of them spread evenly over that order."""
     photos = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if pool is not None:
+        photos = [photos[i * len(photos) // pool] for i in range(min(pool, len(photos)))]
     into.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         link = into / f"{i:05d}-{photos[i % len(photos)].name}"
@@ -134,19 +158,21 @@ def main() -> None:
         tmp = Path(tmp)
         src = image_folder(args.images, args.n, tmp / f"n{args.n}")
         fwd = forward_only(sorted(src.iterdir()), args)
-        e2e = run_extract(src, tmp / "e2e.zarr", args, args.size)
+        e2e = run_extract(src, tmp / "e2e.zarr", args, args.size, memory=False)
         result = {
             "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "settings": vars(args) | {"images": str(args.images), "json": None},
             "forward_only_images_per_s": fwd, "end_to_end": e2e, "ratio": e2e["images_per_s"] / fwd,
             "rss": {},
         }
-        for n in [int(v) for v in args.rss.split(",") if v]:
-            folder = image_folder(args.images, n, tmp / f"n{n}")
-            result["rss"][n] = run_extract(folder, tmp / f"rss{n}.zarr", args, args.rss_size or args.size)
-        counts = sorted(result["rss"])
+        counts = sorted(int(v) for v in args.rss.split(",") if v)
+        for n in counts:
+            folder = image_folder(args.images, n, tmp / f"pool{n}", pool=counts[0])
+            result["rss"][n] = run_extract(folder, tmp / f"rss{n}.zarr", args, args.rss_size or args.size, memory=True)
         if len(counts) >= 2:
-            result["rss_ratio"] = result["rss"][counts[-1]]["peak_pss_mib"] / result["rss"][counts[0]]["peak_pss_mib"]
+            first, last = result["rss"][counts[0]], result["rss"][counts[-1]]
+            result["rss_ratio"] = last["peak_pss_mib"] / first["peak_pss_mib"]
+            result["main_rss_ratio"] = last["main_peak_rss_mib"] / first["main_peak_rss_mib"]
     print(json.dumps(result, indent=2, default=str))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
