@@ -11,7 +11,7 @@ import errno
 import os
 import sys
 import traceback
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -58,6 +58,16 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
+# options that `eval seg` and `eval depth` share
+ProbeSeeds = Annotated[int, typer.Option(min=1, help="Probe runs per upsampler (seeds 0..N-1); several give mean ± std.")]
+ProbeEpochs = Annotated[Optional[int], typer.Option(min=1, help="Override the protocol's epochs.")]
+ProbeBatch = Annotated[Optional[int], typer.Option(min=1, help="Override the protocol's batch size.")]
+ProbeLr = Annotated[Optional[float], typer.Option(min=0.0, help="Override the protocol's learning rate.")]
+ProbeSize = Annotated[Optional[int], typer.Option(min=1, help="Override the protocol's image side (a patch multiple), for quick runs.")]
+ProbeLimit = Annotated[Optional[int], typer.Option(min=1, help="Only the first N images of each split, for quick runs.")]
+ProbeCache = Annotated[Optional[str], typer.Option(help="Folder for the backbone features (reused by later runs with the same data and backbone; default: a temporary folder).")]
+ProbeWorkers = Annotated[int, typer.Option(min=0, help="DataLoader decoding processes.")]
+
 _PROBE_UPSAMPLER_HELP = ("Upsamplers to compare on the same data, comma-separated: registry names or checkpoint files "
                          "('default': wrc with its shipped checkpoint, else bilinear).")
 
@@ -83,14 +93,14 @@ def eval_seg_cmd(
     protocol: str = typer.Option("jafar", help="jafar: 448, features upsampled to 448, AdamW 5e-4, 20 epochs, batch 4, flip; featup: 224, labels downsampled to the features, AdamW 1e-4, 10 epochs, batch 8."),
     upsampler: str = typer.Option(f"bilinear,{DEFAULT_UPSAMPLER}", envvar="WRC_UPSAMPLER", help=_PROBE_UPSAMPLER_HELP),
     scale: Optional[int] = typer.Option(None, min=1, help="Upsample the token grid ×N instead of to the label size (1 = the raw low-resolution features)."),
-    seeds: int = typer.Option(1, min=1, help="Probe runs per upsampler (seeds 0..N-1); several give mean ± std."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Override the protocol's epochs."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Override the protocol's batch size."),
-    lr: Optional[float] = typer.Option(None, min=0.0, help="Override the protocol's learning rate."),
-    size: Optional[int] = typer.Option(None, min=1, help="Override the protocol's image side (a patch multiple), for quick runs."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images of each split, for quick runs."),
-    cache: Optional[str] = typer.Option(None, help="Folder for the backbone features (reused by later runs with the same data and backbone; default: a temporary folder)."),
-    workers: int = typer.Option(2, min=0, help="DataLoader decoding processes."),
+    seeds: ProbeSeeds = 1,
+    epochs: ProbeEpochs = None,
+    batch_size: ProbeBatch = None,
+    lr: ProbeLr = None,
+    size: ProbeSize = None,
+    limit: ProbeLimit = None,
+    cache: ProbeCache = None,
+    workers: ProbeWorkers = 2,
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, dataset, versions, per-class IoU) as JSON."),
     backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
     backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
@@ -120,14 +130,14 @@ def eval_depth_cmd(
     depth_scale: float = typer.Option(1000.0, help="Generic 16-bit PNG depth: units per metre (1000 = millimetres); .npy is read as metres."),
     max_depth: float = typer.Option(10.0, help="Deepest valid depth in metres (the top of the depth bins); deeper pixels are ignored."),
     scale: Optional[int] = typer.Option(None, min=1, help="Upsample the token grid ×N instead of to the depth map size (1 = the raw low-resolution features)."),
-    seeds: int = typer.Option(1, min=1, help="Probe runs per upsampler (seeds 0..N-1); several give mean ± std."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Override the protocol's epochs."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Override the protocol's batch size."),
-    lr: Optional[float] = typer.Option(None, min=0.0, help="Override the protocol's learning rate."),
-    size: Optional[int] = typer.Option(None, min=1, help="Override the protocol's image side (a patch multiple), for quick runs."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images of each split, for quick runs."),
-    cache: Optional[str] = typer.Option(None, help="Folder for the backbone features (reused by later runs with the same data and backbone; default: a temporary folder)."),
-    workers: int = typer.Option(2, min=0, help="DataLoader decoding processes."),
+    seeds: ProbeSeeds = 1,
+    epochs: ProbeEpochs = None,
+    batch_size: ProbeBatch = None,
+    lr: ProbeLr = None,
+    size: ProbeSize = None,
+    limit: ProbeLimit = None,
+    cache: ProbeCache = None,
+    workers: ProbeWorkers = 2,
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, dataset, versions) as JSON."),
     backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
     backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),

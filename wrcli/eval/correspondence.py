@@ -57,6 +57,7 @@ from torch import Tensor
 from wrcli.data.images import ImageError, ResizePolicy, load_image
 from wrcli.data.sources import is_image_name
 from wrcli.errors import WrcError
+from wrcli.eval.datasets import read_rgb
 
 ALPHAS: tuple[float, ...] = (0.1, 0.05, 0.01)
 PIXEL_THRESHOLDS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
@@ -386,14 +387,6 @@ def feature_maps(backbone: Any, upsamplers: Mapping[str, Any], scale: int, devic
     return run
 
 
-def _open_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise WrcError(f"cannot read the image {path}: {exc}") from None
-
-
 def evaluate_keypoints(pairs: Sequence[KeypointPair], features: Features, labels: Sequence[str], imsize: int,
                        alphas: Sequence[float] = ALPHAS, advance: Callable[[], None] = lambda: None
                        ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]], int]:
@@ -401,7 +394,7 @@ def evaluate_keypoints(pairs: Sequence[KeypointPair], features: Features, labels
     counts: dict[str, dict[str, tuple[Tensor, int]]] = {label: {} for label in labels}
     n_points = 0
     for pair in pairs:
-        src_img, tgt_img = _open_rgb(pair.src), _open_rgb(pair.tgt)
+        src_img, tgt_img = read_rgb(pair.src), read_rgb(pair.tgt)
         src_box, tgt_box = Letterbox.of(*src_img.size, imsize), Letterbox.of(*tgt_img.size, imsize)
         pixels = torch.from_numpy(np.stack([src_box.image(src_img), tgt_box.image(tgt_img)])).permute(0, 3, 1, 2)
         src_px = torch.from_numpy(source_pixels(src_box.points(pair.src_kps), imsize))

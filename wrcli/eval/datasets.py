@@ -85,9 +85,13 @@ def _stat(path: str) -> list:
     return [path, st.st_size, st.st_mtime_ns]
 
 
-def _read_rgb(path: str) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
+def read_rgb(path: str | os.PathLike) -> Image.Image:
+    """An image file as RGB; an unreadable one is a WrcError naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise WrcError(f"cannot read the image {path}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class LabelSample:
             labels = np.asarray(lab, dtype=np.uint8)
         if self.lut is not None:
             labels = np.asarray(self.lut, dtype=np.uint8)[labels]
-        return _read_rgb(self.image), labels
+        return read_rgb(self.image), labels
 
     def fingerprint(self) -> list:
         return [self.name, *_stat(self.image), *_stat(self.target), self.lut is not None]
@@ -129,7 +133,7 @@ class DepthSample:
                 depth = np.asarray(img, dtype=np.float32) / self.scale
         if depth.ndim != 2:
             raise ValueError(f"depth map {self.target} has shape {depth.shape}; a single-channel map is needed")
-        return _read_rgb(self.image), depth
+        return read_rgb(self.image), depth
 
     def fingerprint(self) -> list:
         return [self.name, *_stat(self.image), *_stat(self.target), self.scale]
