@@ -31,21 +31,38 @@ def kernel_shift(centre: Centre, size: tuple[int, int], kernel: tuple[int, int])
     raise ValueError(f"centre must be 'image' or 'kernel', got {centre!r}")
 
 
+def _extend(x: Tensor, dim: int, start: int, size: int) -> Tensor:
+    """``out[i] = x[(start + i) mod N]`` along ``dim`` for i < size, from contiguous slices of x."""
+    n = x.shape[dim]
+    pieces, pos = [], start % n
+    while size > 0:
+        take = min(n - pos, size)
+        pieces.append(x.narrow(dim, pos, take))
+        size, pos = size - take, 0
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim)
+
+
+def _fold(z: Tensor, dim: int, start: int, n: int) -> Tensor:
+    """Adjoint of :func:`_extend`: add ``z[i]`` onto ``out[(start + i) mod n]`` along ``dim``."""
+    shape = list(z.shape)
+    shape[dim] = n
+    out = z.new_zeros(shape)
+    pos, done = start % n, 0
+    while done < z.shape[dim]:
+        take = min(n - pos, z.shape[dim] - done)
+        out.narrow(dim, pos, take).add_(z.narrow(dim, done, take))
+        done, pos = done + take, 0
+    return out
+
+
 def wrap(x: Tensor, start: tuple[int, int], size: tuple[int, int]) -> Tensor:
     """Circular window: ``out[..., i, j] = x[..., (start0 + i) mod H, (start1 + j) mod W]`` of the given size."""
-    H, W = x.shape[-2:]
-    rows = torch.remainder(torch.arange(size[0], device=x.device) + start[0], H)
-    cols = torch.remainder(torch.arange(size[1], device=x.device) + start[1], W)
-    return x.index_select(-2, rows).index_select(-1, cols)
+    return _extend(_extend(x, -2, start[0], size[0]), -1, start[1], size[1])
 
 
 def unwrap(z: Tensor, start: tuple[int, int], size: tuple[int, int]) -> Tensor:
     """Adjoint of :func:`wrap`: scatter-add the window back onto an H×W map."""
-    H, W = size
-    rows = torch.remainder(torch.arange(z.shape[-2], device=z.device) + start[0], H)
-    cols = torch.remainder(torch.arange(z.shape[-1], device=z.device) + start[1], W)
-    out = z.new_zeros(*z.shape[:-2], H, z.shape[-1]).index_add(-2, rows, z)
-    return out.new_zeros(*z.shape[:-2], H, W).index_add(-1, cols, out)
+    return _fold(_fold(z, -2, start[0], size[0]), -1, start[1], size[1])
 
 
 def circular_pad(y: Tensor, pad: int) -> Tensor:
@@ -78,9 +95,14 @@ def decimate_adjoint(r: Tensor, kernel: Tensor, scale: int, centre: Centre) -> T
 
 def alias_mean(z: Tensor, scale: int) -> Tensor:
     """⟨Z⟩↓: mean over the s×s equal blocks of an (…,s·h,s·w) array, i.e. over each alias group
-    {(u + a·h, v + b·w)} of a spectrum (the authors' "splits + mean"), → (…,h,w)."""
+    {(u + a·h, v + b·w)} of a spectrum (the authors' "splits + mean"), → (…,h,w).
+
+    Summed one axis at a time over contiguous slabs (a strided 2-axis reduction is ~10× slower on CPU).
+    """
     *lead, H, W = z.shape
-    return z.reshape(*lead, scale, H // scale, scale, W // scale).mean(dim=(-4, -2))
+    h, w = H // scale, W // scale
+    rows = z.reshape(*lead, scale, h * W).sum(dim=-2)
+    return rows.reshape(*lead, h, scale, w).sum(dim=-2) / (scale * scale)
 
 
 def reverse(z: Tensor) -> Tensor:

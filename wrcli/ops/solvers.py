@@ -14,15 +14,12 @@ import inspect
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .fused import converse_divide, exact_blocks, official_mix
 from .precision import compute_dtype, full_precision
-from .sampling import Centre, alias_mean, decimate, decimate_adjoint, kernel_shift, reverse
+from .sampling import Centre, alias_mean, decimate, decimate_adjoint, kernel_shift
 from .spectral import alias_power, otf
-
-# Floors of the authors' CUDA path (their Python path has none); active only for tiny λ.
-DEN_FLOOR = 1e-3
 
 
 def _per_channel(lam: Tensor) -> Tensor:
@@ -66,9 +63,9 @@ def converse(y: Tensor, x0: Tensor, kernel: Tensor, lam: Tensor, *, scale: int, 
     """
     _check(y, x0, scale)
     h, w = y.shape[-2:]
-    power = alias_power(otf(kernel, (scale * h, scale * w), centre), scale)[..., : w // 2 + 1]
+    power = alias_power(kernel, scale, (h, w), columns=w // 2 + 1)
     residual = torch.fft.rfft2(y - decimate(x0, kernel, scale, centre))
-    correction = torch.fft.irfft2(residual / (power + _per_channel(lam)), s=(h, w))
+    correction = torch.fft.irfft2(converse_divide(residual, power + _per_channel(lam)), s=(h, w))
     return x0 + decimate_adjoint(correction, kernel, scale, centre)
 
 
@@ -92,23 +89,8 @@ def exact(
     kh, kw = kernel.shape[-2:]
     if kh > scale or kw > scale:
         raise ValueError(f"the exact solver needs kernel ≤ scale, got {kh}×{kw} at ×{scale}")
-    B, C, h, w = y.shape
-    H, W = x0.shape[-2:]
-    sh, sw = kernel_shift(centre, (H, W), (kh, kw))
-    start = (sh - kh + 1, sw - kw + 1)  # block B_i starts at s·i + start
-    d = w_high + _per_channel(lam)
-
-    def blocks(z: Tensor) -> Tensor:  # (B,C,H,W) → (B,C,h,s,w,s), block-aligned
-        return torch.roll(z, shifts=(-start[0], -start[1]), dims=(-2, -1)).reshape(B, C, h, scale, w, scale)
-
-    a = F.pad(kernel.flip(-2, -1), (0, scale - kw, 0, scale - kh)).reshape(1, C, 1, scale, 1, scale)
-    x0b, db = blocks(x0), blocks(d)
-    ad = a / db
-    p = (a * x0b).sum(dim=(-3, -1))
-    q = (a * ad).sum(dim=(-3, -1))
-    r = w_low * (y - p) / (1 + w_low * q)
-    xb = x0b + ad * r[:, :, :, None, :, None]
-    return torch.roll(xb.reshape(B, C, H, W), shifts=start, dims=(-2, -1))
+    sh, sw = kernel_shift(centre, tuple(x0.shape[-2:]), (kh, kw))
+    return exact_blocks(y, x0, w_low, w_high + _per_channel(lam), kernel, scale, (sh - kh + 1, sw - kw + 1))
 
 
 @_in_precision
@@ -133,18 +115,10 @@ def official(
     """
     _check(y, x0, scale)
     H, W = x0.shape[-2:]
-    half = W // 2 + 1
     lam = _per_channel(lam)
     d = w_high + lam
     r = decimate_adjoint(w_low * y, kernel, scale, centre) + d * x0
-    k_hat = otf(kernel, (H, W), centre)
-    den = (w_low * alias_power(k_hat, scale) + alias_mean(w_high, scale) + lam).clamp_min(DEN_FLOOR)
-    q = w_low * torch.fft.fft2(decimate(r, kernel, scale, centre)) / den
-    tiled = q.repeat(1, 1, scale, scale)[..., :half]
-    tiled_rev = reverse(q).repeat(1, 1, scale, scale)[..., :half]
-    inv = d.clamp_min(DEN_FLOOR).reciprocal()
-    inv_fwd, inv_rev = inv[..., :half], reverse(inv)[..., :half]
-    r_hat = torch.fft.rfft2(r)
-    k_conj = k_hat[..., :half].conj()
-    x_hat = r_hat * (inv_fwd + inv_rev) - k_conj * (tiled * inv_fwd + tiled_rev.conj() * inv_rev)
-    return torch.fft.irfft2(0.5 * x_hat, s=(H, W))
+    z = torch.fft.fft2(decimate(r, kernel, scale, centre))
+    x_hat = official_mix(torch.fft.rfft2(r), z, w_low, alias_power(kernel, scale, y.shape[-2:]), alias_mean(w_high, scale) + lam,
+                         d, otf(kernel, (H, W), centre, columns=W // 2 + 1))
+    return torch.fft.irfft2(x_hat, s=(H, W))

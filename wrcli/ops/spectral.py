@@ -1,31 +1,65 @@
-"""Spectra of the per-channel kernel on the high-resolution grid."""
+"""Spectra of the per-channel kernel: K̂ on the high-resolution grid, ⟨|K̂|²⟩↓ on the low-resolution one."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sampling import Centre, alias_mean, kernel_shift
+from .sampling import Centre, kernel_shift
 
 
-def otf(kernel: Tensor, size: tuple[int, int], centre: Centre) -> Tensor:
-    """K̂ = DFT of the kernel padded top-left to H×W and rolled by −shift (the ``p2o`` of USRNet/WRC).
+def otf(kernel: Tensor, size: tuple[int, int], centre: Centre, columns: int | None = None) -> Tensor:
+    """K̂ = DFT of the kernel padded top-left to H×W and rolled by −shift (the ``p2o`` of USRNet/WRC):
 
-    kernel: (C,kh,kw) real → (C,H,W) complex, full spectrum (the solvers slice the rfft half they need).
+        K̂(k1, k2) = Σ_{a,b} k[a, b] · e^{−2πi k1 (a − sh)/H} · e^{−2πi k2 (b − sw)/W},
+
+    evaluated as this separable sum over the taps (exact, and far cheaper than an H×W FFT per channel).
+    kernel: (C,kh,kw) real → (C,H,columns) complex; ``columns`` defaults to W (the full spectrum).
     """
     kh, kw = kernel.shape[-2:]
     H, W = size
     if kh > H or kw > W:
         raise ValueError(f"kernel {kh}×{kw} is larger than the {H}×{W} grid")
-    shift = kernel_shift(centre, size, (kh, kw))
-    padded = F.pad(kernel, (0, W - kw, 0, H - kh))
-    return torch.fft.fft2(torch.roll(padded, shifts=(-shift[0], -shift[1]), dims=(-2, -1)))
+    sh, sw = kernel_shift(centre, size, (kh, kw))
+    dtype = torch.complex128 if kernel.dtype == torch.float64 else torch.complex64
+    rows = _phases(H, H, kh, sh, kernel.device).to(dtype)
+    cols = _phases(W, W if columns is None else columns, kw, sw, kernel.device).to(dtype)
+    return torch.einsum("ha,cab,wb->chw", rows, kernel.to(dtype), cols)
 
 
-def alias_power(k_hat: Tensor, scale: int) -> Tensor:
-    """P = ⟨|K̂|²⟩↓, the low-resolution symbol of A·Aᵀ (real, ≥ 0, Hermitian-symmetric), (C,h,w).
+def _phases(n: int, count: int, taps: int, shift: int, device: torch.device) -> Tensor:
+    """(count, taps): e^{−2πi k (t − shift)/n}, the integer phase reduced mod n before the float maths."""
+    k = torch.arange(count, device=device)[:, None]
+    t = torch.arange(taps, device=device)[None, :] - shift
+    angle = (k * t).remainder(n).to(torch.float64) * (-2 * math.pi / n)
+    return torch.polar(torch.ones_like(angle), angle)
 
-    |K̂|² is formed as re² + im²: no square root, smooth gradient at zeros of K̂.
+
+def alias_power(kernel: Tensor, scale: int, size: tuple[int, int], columns: int | None = None) -> Tensor:
+    """P = ⟨|K̂|²⟩↓, the symbol of A·Aᵀ on the h×w low-resolution grid (real, ≥ 0), (C,h,columns).
+
+    A·Aᵀ is circulant there with taps ρ(s·m), ρ the kernel's autocorrelation, so
+
+        P(i) = Σ_{m} ρ(s·m) cos 2π(m1 i1/h + m2 i2/w),   ρ(l) = Σ_t k_t k_{t+l}   (ρ is even),
+
+    a few real products per entry instead of |K̂|² on the H×W grid; exact, and independent of the
+    kernel's centring. ``columns`` defaults to w (the full spectrum).
     """
-    return alias_mean(k_hat.real.square() + k_hat.imag.square(), scale)
+    C, kh, kw = kernel.shape
+    h, w = size
+    rho = F.conv2d(kernel.unsqueeze(0), kernel.unsqueeze(1), padding=(kh - 1, kw - 1), groups=C)[0]  # ρ(l) at l + (kh−1, kw−1)
+    m1 = torch.arange(-((kh - 1) // scale), (kh - 1) // scale + 1, device=kernel.device)
+    m2 = torch.arange(-((kw - 1) // scale), (kw - 1) // scale + 1, device=kernel.device)
+    rho = rho[:, kh - 1 + scale * m1][:, :, kw - 1 + scale * m2]
+    cos1, sin1 = _cos_sin(m1, h, h, kernel.dtype)
+    cos2, sin2 = _cos_sin(m2, w, w if columns is None else columns, kernel.dtype)
+    return torch.einsum("ha,cab,wb->chw", cos1, rho, cos2) - torch.einsum("ha,cab,wb->chw", sin1, rho, sin2)
+
+
+def _cos_sin(m: Tensor, n: int, count: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(count, len(m)) tables of cos and sin of 2π i m / n, the integer phase reduced mod n first."""
+    angle = (torch.arange(count, device=m.device)[:, None] * m[None, :]).remainder(n).to(torch.float64) * (2 * math.pi / n)
+    return angle.cos().to(dtype), angle.sin().to(dtype)

@@ -1,0 +1,68 @@
+"""Which implementation runs the solve between the FFTs: ``torch`` (always works) or ``cupy`` (the CUDA raw
+kernels in ``cuda/``, float32 CUDA tensors only).
+
+Order of precedence: :func:`use_backend` (innermost wins) > ``WRC_BACKEND=torch|cupy`` > automatic
+(``cupy`` for float32 CUDA tensors when CuPy imports and sees a GPU, else ``torch``). A forced ``cupy``
+that cannot run raises a one-line :class:`~wrcli.errors.WrcError` rather than silently changing path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, Literal
+
+import torch
+
+from wrcli.errors import WrcError
+
+Backend = Literal["torch", "cupy"]
+BACKENDS: tuple[Backend, ...] = ("torch", "cupy")
+ENV = "WRC_BACKEND"
+
+_forced: ContextVar[Backend | None] = ContextVar("wrc_backend", default=None)
+
+
+@functools.cache
+def cupy_available() -> bool:
+    """CuPy imports and can reach a CUDA device."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - ImportError, CUDARuntimeError, driver mismatch: all mean "no"
+        return False
+
+
+def forced() -> Backend | None:
+    """The backend forced by :func:`use_backend` or ``WRC_BACKEND``, else None."""
+    name = _forced.get() or os.environ.get(ENV, "").strip().lower() or None
+    if name is not None and name not in BACKENDS:
+        raise WrcError(f"{ENV} must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return name
+
+
+def select(device: torch.device, dtype: torch.dtype) -> Backend:
+    """The backend a solve on tensors of this device and (compute) dtype runs on."""
+    name = forced()
+    runnable = device.type == "cuda" and dtype == torch.float32 and cupy_available()
+    if name == "cupy" and not runnable:
+        why = "CuPy with a CUDA device is not available" if not cupy_available() else f"it needs float32 CUDA tensors, got {dtype} on {device}"
+        raise WrcError(f"{ENV}=cupy cannot run here: {why}")
+    if name is not None:
+        return name
+    return "cupy" if runnable else "torch"
+
+
+@contextmanager
+def use_backend(name: Backend | None) -> Iterator[None]:
+    """Force ``name`` (None: back to the environment / automatic choice) inside the block."""
+    if name is not None and name not in BACKENDS:
+        raise WrcError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
