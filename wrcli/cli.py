@@ -388,6 +388,47 @@ def viz_cmd(
         raise typer.Exit(EXIT_PARTIAL)
 
 
+@app.command("bench")
+def bench_cmd(
+    cases: str = typer.Option("all", help="Comma-separated: backbone, upsampler, solve (the WRC solves alone), fft (one rfft2 + irfft2 pair, the solves' reference), pipeline (backbone + upsampler), or all."),
+    upsampler: str = typer.Option(f"bilinear,{DEFAULT_UPSAMPLER}", envvar="WRC_UPSAMPLER", help="Upsamplers to time, comma-separated: registry names or checkpoint files ('default': wrc with its shipped checkpoint, else bilinear)."),
+    size: int = typer.Option(448, min=1, help="Square image side in pixels, a multiple of the patch size."),
+    scale: int = typer.Option(2, min=2, help="Upsampling factor of the token grid."),
+    batch: str = typer.Option("1,8", "--batch", help="Batch sizes, comma-separated."),
+    precision: str = typer.Option("fp32,bf16", help="fp32 and/or bf16 (bfloat16 autocast; the solve computes in fp32 and takes bf16 inputs)."),
+    backend: str = typer.Option("torch,cupy", help="Solve backends, comma-separated: torch, cupy (CUDA only; skipped with a note where it cannot run)."),
+    warmup: int = typer.Option(2, min=0, help="Untimed calls before the timed ones."),
+    repeats: int = typer.Option(10, min=1, help="Timed calls (median, spread)."),
+    solve_channels: Optional[int] = typer.Option(None, min=1, help="Channels of the solve case (default: the WRC upsampler's layer width for the backbone, (C + 32) // 2)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (settings, versions, every run) as JSON."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
+    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
+    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of the table."),
+) -> None:
+    """Time the backbone, each upsampler, the WRC solves alone and backbone + upsampler per batch size,
+    precision and solve backend: median and spread over repeats, peak memory, and the solve's
+    memory-bandwidth floor."""
+    import shlex
+
+    from wrcli.bench import BenchOptions, print_report, run_bench
+
+    opts = BenchOptions(
+        backbone=backbone, backbone_weights=backbone_weights, upsamplers=upsampler, device=device, size=size,
+        scale=scale, batches=batch, precisions=precision, backends=backend, cases=cases, warmup=warmup, repeats=repeats,
+        solve_channels=solve_channels,
+    )
+    report = run_bench(opts, command=shlex.join(["wrc", *sys.argv[1:]]))
+    if out:
+        from wrcli.eval.common import write_report
+
+        write_report(out, report)
+    if json_out:
+        _print_json(report)
+    else:
+        print_report(report)
+
+
 @app.command("info")
 def info_cmd(
     store: str = typer.Argument(..., help="A store written by wrc extract (*.zarr, *.h5)."),

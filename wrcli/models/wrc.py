@@ -108,7 +108,7 @@ class WRCUpsampler(Upsampler):
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {solver!r}")
         self.name = SOLVER_NAMES[solver]
         c, g = self.channels, int(guidance_channels)
-        mid = (c + g) // 2
+        mid = self.layer_channels(c, g)
         self.guidance_channels, self.mid_channels = g, mid
         self.image_stem = ConvNorm(conv1x1(3, g), act=True)
         self.image_branch1 = bottlenecks(g, (2, 1, 2, 1))
@@ -121,6 +121,11 @@ class WRCUpsampler(Upsampler):
         if self.skip:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+    @staticmethod
+    def layer_channels(in_channels: int, guidance_channels: int = 32) -> int:
+        """M = (C + G) // 2, the width the WRC layer (and so its solve) runs on."""
+        return (in_channels + guidance_channels) // 2
 
     @property
     def solver(self) -> str:
