@@ -164,26 +164,7 @@ def test_exact_kernel_equals_torch(host, geom, ksize, start):
         assert_close(a, b, f"∂{name}")
 
 
-# --- backend selection ---------------------------------------------------------------------------------
-
-
-def test_backend_selection_on_cpu(monkeypatch):
-    monkeypatch.delenv(backend.ENV, raising=False)
-    cpu = torch.device("cpu")
-    assert backend.select(cpu, torch.float32) == "torch"
-    monkeypatch.setenv(backend.ENV, "torch")
-    assert backend.select(cpu, torch.float32) == "torch"
-    monkeypatch.setenv(backend.ENV, "cupy")
-    with pytest.raises(WrcError, match="WRC_BACKEND=cupy cannot run here"):
-        backend.select(cpu, torch.float32)
-    with use_backend("torch"):  # the innermost choice wins over the environment
-        assert backend.select(cpu, torch.float32) == "torch"
-    monkeypatch.setenv(backend.ENV, "triton")
-    with pytest.raises(WrcError, match="WRC_BACKEND must be one of torch, cupy"):
-        backend.select(cpu, torch.float32)
-    with pytest.raises(WrcError, match="backend must be one of"):
-        with use_backend("jax"):
-            pass
+# --- launching ---------------------------------------------------------------------------------------
 
 
 def test_launch_refuses_a_device_without_kernels():

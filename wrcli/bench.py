@@ -46,11 +46,11 @@ from torch import Tensor
 
 from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER
 from wrcli.errors import WrcError
+from wrcli.ops.backend import BACKENDS
 from wrcli.models.wrc import WRCUpsampler
 
 CASES = ("backbone", "upsampler", "solve", "fft", "pipeline")
 PRECISIONS = ("fp32", "bf16")
-BACKENDS = ("torch", "cupy")
 SOLVES = ("official", "exact", "converse")
 PAD, KERNEL = 2, 2  # the WRC layer's padding of y and kernel size
 REFERENCE = {"solve": "fft", "upsampler": "backbone", "pipeline": "backbone"}  # the "relative" column
@@ -138,7 +138,7 @@ def backend_problem(name: str, device: torch.device) -> str | None:
     """Why solve backend ``name`` cannot run on ``device``, or None."""
     from wrcli.ops.backend import cupy_available
 
-    if name == "torch":
+    if name != "cupy":
         return None
     if device.type != "cuda":
         return f"the cupy solve backend needs a CUDA device; this run is on {device}"

@@ -1,9 +1,12 @@
-"""Which implementation runs the solve between the FFTs: ``torch`` (always works) or ``cupy`` (the CUDA raw
-kernels in ``cuda/``, float32 CUDA tensors only).
+"""Which implementation runs the fused steps of the solves: ``torch`` (eager PyTorch, always works),
+``compiled`` (the same functions through ``torch.compile``: one fused loop each, after a compile of a few
+seconds per shape, so it pays off on long runs of one shape; eager where compiling fails) or ``cupy``
+(the CUDA raw kernels in ``cuda/``, float32 CUDA tensors only).
 
-Order of precedence: :func:`use_backend` (innermost wins) > ``WRC_BACKEND=torch|cupy`` > automatic
-(``cupy`` for float32 CUDA tensors when CuPy imports and sees a GPU, else ``torch``). A forced ``cupy``
-that cannot run raises a one-line :class:`~wrcli.errors.WrcError` rather than silently changing path.
+Order of precedence: :func:`use_backend` (innermost wins) > ``WRC_BACKEND=torch|compiled|cupy`` >
+automatic (``cupy`` for float32 CUDA tensors when CuPy imports and sees a GPU, else ``torch``; never
+``compiled``, whose compile time only long runs repay). A forced ``cupy`` that cannot run raises a
+one-line :class:`~wrcli.errors.WrcError` rather than silently changing path.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import torch
 
 from wrcli.errors import WrcError
 
-Backend = Literal["torch", "cupy"]
-BACKENDS: tuple[Backend, ...] = ("torch", "cupy")
+Backend = Literal["torch", "compiled", "cupy"]
+BACKENDS: tuple[Backend, ...] = ("torch", "compiled", "cupy")
 ENV = "WRC_BACKEND"
 
 _forced: ContextVar[Backend | None] = ContextVar("wrc_backend", default=None)

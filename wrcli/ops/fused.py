@@ -1,10 +1,17 @@
-"""The steps of the solves that the CUDA kernels fuse, in PyTorch, and the dispatch between the two.
+"""The steps of the solves that the CUDA kernels fuse, in PyTorch, and the dispatch between the paths.
 
-Each function takes the same tensors on either path; :func:`wrcli.ops.backend.select` picks the path
-(CuPy kernels for float32 CUDA tensors when available, else these PyTorch expressions).
+Each step takes the same tensors on every path; :func:`wrcli.ops.backend.select` picks one: ``cupy`` (the
+CUDA kernels), ``compiled`` (these PyTorch functions through ``torch.compile``, which fuses each into one
+loop; eager if compiling fails) or ``torch`` (these functions, eagerly). The PyTorch steps are written in
+real arithmetic (complex tensors as real and imaginary planes) so that the compiler can fuse them: it
+generates no code for complex operators.
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +24,6 @@ from .sampling import reverse
 DEN_FLOOR = 1e-3
 
 
-def _tile(q: Tensor, H: int, W: int) -> Tensor:
-    s1, s2 = H // q.shape[-2], W // q.shape[-1]
-    return q.repeat(1, 1, s1, s2)[..., : W // 2 + 1]
-
-
 def official_mix(r_hat: Tensor, z: Tensor, w_low: Tensor, power: Tensor, mh: Tensor, d: Tensor, k_half: Tensor) -> Tensor:
     """The published solve between its FFTs, on the half spectrum (B,C,H,W/2+1):
 
@@ -31,7 +33,8 @@ def official_mix(r_hat: Tensor, z: Tensor, w_low: Tensor, power: Tensor, mh: Ten
     R̂ = rfft2(r); Z = fft2(A r) (B,C,h,w); W_L (B,C,h,w); P = ⟨|K̂|²⟩↓ (C,h,w); M = ⟨W_H⟩↓ + λ (B,C,h,w);
     d = W_H + λ (B,C,H,W); K̂ on the half spectrum (C,H,W/2+1). irfft2(x̂) = Re F⁻¹ of the full x̂.
     """
-    if select(d.device, d.dtype) == "cupy":
+    path = select(d.device, d.dtype)
+    if path == "cupy":
         from . import cupy_kernels
 
         B, C, H, W = d.shape
@@ -41,18 +44,27 @@ def official_mix(r_hat: Tensor, z: Tensor, w_low: Tensor, power: Tensor, mh: Ten
             r_hat.contiguous(), z.contiguous(), w_low.expand(low).contiguous(), power.expand(C, h, w).contiguous(),
             mh.expand(low).contiguous(), d.contiguous(), k_half.expand(C, H, W // 2 + 1).contiguous(), DEN_FLOOR,
         )
+    return _on(path, _official_mix)(r_hat, z, w_low, power, mh, d, k_half)
+
+
+def _official_mix(r_hat: Tensor, z: Tensor, w_low: Tensor, power: Tensor, mh: Tensor, d: Tensor, k_half: Tensor) -> Tensor:
     H, W = d.shape[-2:]
-    half = W // 2 + 1
-    q = w_low * z / (w_low * power + mh).clamp_min(DEN_FLOOR)
+    gain = w_low / (w_low * power + mh).clamp_min(DEN_FLOOR)
+    q_re, q_im = z.real * gain, z.imag * gain
     v = 0.5 / d.clamp_min(DEN_FLOOR)  # the ½ of the Hermitian part folded in
-    v_fwd, v_rev = v[..., :half], reverse(v)[..., :half]
-    mixed = _scaled(_tile(q, H, W), v_fwd) + _scaled(_tile(reverse(q).conj(), H, W), v_rev)
-    return _scaled(r_hat, v_fwd + v_rev) - k_half.conj() * mixed
+    v_fwd, v_rev = v[..., : W // 2 + 1], reverse(v)[..., : W // 2 + 1]
+    # m = tile(q) v(k) + tile(conj q(−i)) v(−k);  x̂ = R̂ (v(k) + v(−k)) − conj K̂ · m
+    m_re = _tile(q_re, H, W) * v_fwd + _tile(reverse(q_re), H, W) * v_rev
+    m_im = _tile(q_im, H, W) * v_fwd - _tile(reverse(q_im), H, W) * v_rev
+    k_re, k_im, v_sum = k_half.real, k_half.imag, v_fwd + v_rev
+    x_re = r_hat.real * v_sum - (k_re * m_re + k_im * m_im)
+    x_im = r_hat.imag * v_sum - (k_re * m_im - k_im * m_re)
+    return torch.view_as_complex(torch.stack([x_re, x_im], dim=-1))
 
 
-def _scaled(z: Tensor, v: Tensor) -> Tensor:
-    """z · v for complex z and real v in real arithmetic (torch would first promote v to complex)."""
-    return torch.view_as_complex(torch.view_as_real(z.resolve_conj()) * v.unsqueeze(-1))
+def _tile(q: Tensor, H: int, W: int) -> Tensor:
+    """The low-resolution map tiled over the H×W grid, on the half spectrum's columns."""
+    return q.repeat(1, 1, H // q.shape[-2], W // q.shape[-1])[..., : W // 2 + 1]
 
 
 def converse_divide(res: Tensor, den: Tensor) -> Tensor:
@@ -61,7 +73,7 @@ def converse_divide(res: Tensor, den: Tensor) -> Tensor:
         from . import cupy_kernels
 
         return cupy_kernels.converse_divide(res.contiguous(), den.contiguous())
-    return res / den
+    return res / den  # one pass over a low-resolution map: nothing to fuse
 
 
 def exact_blocks(y: Tensor, x0: Tensor, w_low: Tensor, d: Tensor, kernel: Tensor, scale: int, start: tuple[int, int]) -> Tensor:
@@ -73,9 +85,9 @@ def exact_blocks(y: Tensor, x0: Tensor, w_low: Tensor, d: Tensor, kernel: Tensor
     """
     B, C, h, w = y.shape
     H, W = x0.shape[-2:]
-    kh, kw = kernel.shape[-2:]
     start = (start[0] % H, start[1] % W)
-    if select(d.device, d.dtype) == "cupy":
+    path = select(d.device, d.dtype)
+    if path == "cupy":
         from . import cupy_kernels
 
         full = (B, C, H, W)
@@ -83,6 +95,13 @@ def exact_blocks(y: Tensor, x0: Tensor, w_low: Tensor, d: Tensor, kernel: Tensor
             y.contiguous(), x0.expand(full).contiguous(), w_low.expand(B, C, h, w).contiguous(),
             d.expand(full).contiguous(), kernel.contiguous(), scale, *start,
         )
+    return _on(path, _exact_blocks)(y, x0, w_low, d, kernel, scale, start)
+
+
+def _exact_blocks(y: Tensor, x0: Tensor, w_low: Tensor, d: Tensor, kernel: Tensor, scale: int, start: tuple[int, int]) -> Tensor:
+    B, C, h, w = y.shape
+    H, W = x0.shape[-2:]
+    kh, kw = kernel.shape[-2:]
 
     def blocks(t: Tensor) -> Tensor:  # (B,C,H,W) → (B,C,h,s,w,s), block-aligned
         return torch.roll(t.expand(B, C, H, W), shifts=(-start[0], -start[1]), dims=(-2, -1)).reshape(B, C, h, scale, w, scale)
@@ -95,3 +114,26 @@ def exact_blocks(y: Tensor, x0: Tensor, w_low: Tensor, d: Tensor, kernel: Tensor
     r = w_low * (y - p) / (1 + w_low * q)
     xb = x0b + ad * r[:, :, :, None, :, None]
     return torch.roll(xb.reshape(B, C, H, W), shifts=start, dims=(-2, -1))
+
+
+def _on(path: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    return _compiled(fn) if path == "compiled" else fn
+
+
+@functools.cache
+def _compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``torch.compile(fn)``, falling back to ``fn`` for good (with one warning) if compiling fails, e.g.
+    without a C++ compiler or Triton."""
+    compiled = torch.compile(fn)
+    failed: list[str] = []
+
+    def call(*args):
+        if not failed:
+            try:
+                return compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+                failed.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                warnings.warn(f"torch.compile of {fn.__name__} failed ({failed[0]}); running it eagerly", RuntimeWarning, stacklevel=2)
+        return fn(*args)
+
+    return functools.wraps(fn)(call)
