@@ -14,7 +14,6 @@ import warnings
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .backend import select
@@ -81,7 +80,8 @@ def exact_blocks(y: Tensor, x0: Tensor, w_low: Tensor, d: Tensor, kernel: Tensor
 
         p = aᵀx0_B,  q = Σ_B a²/d,  r = w_i (y_i − p) / (1 + w_i q),  x_B = x0_B + (a / d_B) r,
 
-    a = the flipped kernel zero-padded to s×s. y, W_L (B,C,h,w); x0, d (B,C,H,W); kernel (C,kh,kw).
+    a(u, v) = k(kh−1−u, kw−1−v) on the block, zero beyond the kernel (so only its kh·kw taps cost work,
+    each a strided view of the block-aligned maps). y, W_L (B,C,h,w); x0, d (B,C,H,W); kernel (C,kh,kw).
     """
     B, C, h, w = y.shape
     H, W = x0.shape[-2:]
@@ -102,18 +102,21 @@ def _exact_blocks(y: Tensor, x0: Tensor, w_low: Tensor, d: Tensor, kernel: Tenso
     B, C, h, w = y.shape
     H, W = x0.shape[-2:]
     kh, kw = kernel.shape[-2:]
-
-    def blocks(t: Tensor) -> Tensor:  # (B,C,H,W) → (B,C,h,s,w,s), block-aligned
-        return torch.roll(t.expand(B, C, H, W), shifts=(-start[0], -start[1]), dims=(-2, -1)).reshape(B, C, h, scale, w, scale)
-
-    a = F.pad(kernel.flip(-2, -1), (0, scale - kw, 0, scale - kh)).reshape(1, C, 1, scale, 1, scale)
-    x0b, db = blocks(x0), blocks(d)
-    ad = a / db
-    p = (a * x0b).sum(dim=(-3, -1))
-    q = (a * ad).sum(dim=(-3, -1))
+    aligned = [_roll(t.expand(B, C, H, W), (-start[0], -start[1])) for t in (x0, d)]  # block B_i at s·i
+    taps = [(u, v, kernel[:, kh - 1 - u, kw - 1 - v, None, None]) for u in range(kh) for v in range(kw)]  # a(u, v)
+    x0_at = {(u, v): aligned[0][..., u::scale, v::scale] for u, v, _ in taps}  # x0 at tap (u, v) of each block
+    d_at = {(u, v): aligned[1][..., u::scale, v::scale] for u, v, _ in taps}
+    p = sum(a * x0_at[u, v] for u, v, a in taps)
+    q = sum(a.square() / d_at[u, v] for u, v, a in taps)
     r = w_low * (y - p) / (1 + w_low * q)
-    xb = x0b + ad * r[:, :, :, None, :, None]
-    return torch.roll(xb.reshape(B, C, H, W), shifts=start, dims=(-2, -1))
+    x = aligned[0].clone()
+    for u, v, a in taps:
+        x[..., u::scale, v::scale] += a / d_at[u, v] * r
+    return _roll(x, start)
+
+
+def _roll(t: Tensor, shifts: tuple[int, int]) -> Tensor:
+    return t if shifts == (0, 0) else torch.roll(t, shifts=shifts, dims=(-2, -1))
 
 
 def _on(path: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
