@@ -2,8 +2,8 @@
 
 Each step takes the same tensors on every path; :func:`wrcli.ops.backend.select` picks one: ``cupy`` (the
 CUDA kernels), ``compiled`` (these PyTorch functions through ``torch.compile``, which fuses each into one
-loop; eager if compiling fails) or ``torch`` (these functions, eagerly). The PyTorch steps are written in
-real arithmetic (complex tensors as real and imaginary planes) so that the compiler can fuse them: it
+loop; eager if compiling fails) or ``torch`` (these functions, eagerly). The PyTorch steps take complex
+tensors as real views (…, 2) and compute in real arithmetic, so that the compiler can fuse them: it
 generates no code for complex operators.
 """
 
@@ -43,22 +43,25 @@ def official_mix(r_hat: Tensor, z: Tensor, w_low: Tensor, power: Tensor, mh: Ten
             r_hat.contiguous(), z.contiguous(), w_low.expand(low).contiguous(), power.expand(C, h, w).contiguous(),
             mh.expand(low).contiguous(), d.contiguous(), k_half.expand(C, H, W // 2 + 1).contiguous(), DEN_FLOOR,
         )
-    return _on(path, _official_mix)(r_hat, z, w_low, power, mh, d, k_half)
+    planes = _on(path, _official_mix)(torch.view_as_real(r_hat), torch.view_as_real(z), w_low, power, mh, d,
+                                      torch.view_as_real(k_half))
+    return torch.view_as_complex(planes)
 
 
 def _official_mix(r_hat: Tensor, z: Tensor, w_low: Tensor, power: Tensor, mh: Tensor, d: Tensor, k_half: Tensor) -> Tensor:
+    """:func:`official_mix` on real views (…, 2) of the complex tensors, → (B,C,H,W/2+1,2)."""
     H, W = d.shape[-2:]
     gain = w_low / (w_low * power + mh).clamp_min(DEN_FLOOR)
-    q_re, q_im = z.real * gain, z.imag * gain
+    q_re, q_im = z[..., 0] * gain, z[..., 1] * gain
     v = 0.5 / d.clamp_min(DEN_FLOOR)  # the ½ of the Hermitian part folded in
     v_fwd, v_rev = v[..., : W // 2 + 1], reverse(v)[..., : W // 2 + 1]
     # m = tile(q) v(k) + tile(conj q(−i)) v(−k);  x̂ = R̂ (v(k) + v(−k)) − conj K̂ · m
     m_re = _tile(q_re, H, W) * v_fwd + _tile(reverse(q_re), H, W) * v_rev
     m_im = _tile(q_im, H, W) * v_fwd - _tile(reverse(q_im), H, W) * v_rev
-    k_re, k_im, v_sum = k_half.real, k_half.imag, v_fwd + v_rev
-    x_re = r_hat.real * v_sum - (k_re * m_re + k_im * m_im)
-    x_im = r_hat.imag * v_sum - (k_re * m_im - k_im * m_re)
-    return torch.view_as_complex(torch.stack([x_re, x_im], dim=-1))
+    k_re, k_im, v_sum = k_half[..., 0], k_half[..., 1], v_fwd + v_rev
+    x_re = r_hat[..., 0] * v_sum - (k_re * m_re + k_im * m_im)
+    x_im = r_hat[..., 1] * v_sum - (k_re * m_im - k_im * m_re)
+    return torch.stack([x_re, x_im], dim=-1)
 
 
 def _tile(q: Tensor, H: int, W: int) -> Tensor:
