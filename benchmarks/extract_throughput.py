@@ -7,7 +7,10 @@ exactly the uint8 batches extract forms (same shards, same size buckets), run th
 its whole wall time; nothing samples it while it runs (reading /proc/PID/smaps_rollup walks the page tables
 of a process that faults in ~100k pages a second, and sampling it every 0.2 s cost a fifth of its
 throughput). Peak memory is measured in separate runs: the PSS summed over the process tree (main process +
-DataLoader workers) sampled every 0.5 s, and the main process's own peak RSS (VmHWM). Those runs cycle
+DataLoader workers) sampled every 0.5 s and whenever the main process's RSS (read every 20 ms from
+/proc/PID/status, which costs nothing) reaches a new high: the tree's peak is the main process's, at the
+largest batch, and lasts a fraction of a second, so fixed-interval samples miss it the more often the
+shorter the run. And the main process's own peak RSS (VmHWM). Those runs cycle
 through the same 100 photos, spread evenly over the image folder, so 100 and 1000 images differ only in
 their number, not in which image sizes they meet.
 
@@ -56,11 +59,11 @@ def tree_pss_kib(pid: int) -> int:
     return total
 
 
-def vm_hwm_kib(pid: int) -> int:
-    """Peak resident set size of one process so far (VmHWM), KiB; 0 once it has gone."""
+def status_kib(pid: int, key: str) -> int:
+    """A size from /proc/PID/status in KiB, e.g. ``VmRSS`` or ``VmHWM`` (peak RSS so far); 0 once it has gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -77,10 +80,14 @@ def run_extract(src: Path, out: Path, args: argparse.Namespace, size: int, *, me
     peak, hwm = [0], [0]
 
     def sample() -> None:
+        top, due = 0, 0.0
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_pss_kib(proc.pid))
-            hwm[0] = max(hwm[0], vm_hwm_kib(proc.pid))
-            time.sleep(0.5)
+            rss = status_kib(proc.pid, "VmRSS")
+            if rss > top or time.monotonic() >= due:
+                peak[0] = max(peak[0], tree_pss_kib(proc.pid))
+                top, due = max(top, rss), time.monotonic() + 0.5
+            hwm[0] = max(hwm[0], status_kib(proc.pid, "VmHWM"))
+            time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
     if memory:
@@ -99,12 +106,15 @@ def run_extract(src: Path, out: Path, args: argparse.Namespace, size: int, *, me
 
 
 def forward_only(files: list[Path], args: argparse.Namespace) -> float:
-    """Images/s of the compute alone, on exactly the batches extract forms (same shards, same buckets)."""
+    """Images/s of the compute alone, on exactly the batches extract forms (same shards, same buckets), with
+    the tensor alignment extract sets."""
     from wrcli.backbones import load_backbone
     from wrcli.data import ResizePolicy, load_image
     from wrcli.extract import Buckets, shard_size_for
     from wrcli.models import load_upsampler
+    from wrcli.runtime import page_align_large_tensors
 
+    page_align_large_tensors()
     backbone = load_backbone(weights=args.weights)
     upsampler = load_upsampler(args.upsampler, backbone).eval()
     policy = ResizePolicy(size=args.size, patch=backbone.patch_size)
@@ -151,20 +161,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rss", default="100,1000", help="image counts for the peak-memory comparison ('' to skip)")
     parser.add_argument("--rss-size", type=int, help="--size of the peak-memory runs (default: --size)")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (no throughput)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        src = image_folder(args.images, args.n, tmp / f"n{args.n}")
-        fwd = forward_only(sorted(src.iterdir()), args)
-        e2e = run_extract(src, tmp / "e2e.zarr", args, args.size, memory=False)
         result = {
             "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "settings": vars(args) | {"images": str(args.images), "json": None},
-            "forward_only_images_per_s": fwd, "end_to_end": e2e, "ratio": e2e["images_per_s"] / fwd,
-            "rss": {},
         }
+        if not args.memory_only:
+            src = image_folder(args.images, args.n, tmp / f"n{args.n}")
+            fwd = forward_only(sorted(src.iterdir()), args)
+            e2e = run_extract(src, tmp / "e2e.zarr", args, args.size, memory=False)
+            result |= {"forward_only_images_per_s": fwd, "end_to_end": e2e, "ratio": e2e["images_per_s"] / fwd}
+        result["rss"] = {}
         counts = sorted(int(v) for v in args.rss.split(",") if v)
         for n in counts:
             folder = image_folder(args.images, n, tmp / f"pool{n}", pool=counts[0])

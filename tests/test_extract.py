@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from wrcli import cli
 from wrcli.backbones import load_backbone
 from wrcli.data import ResizePolicy, load_image
 from wrcli.models import load_upsampler
+from wrcli.runtime import lean_forks
 from wrcli.stores import open_store
 
 from .conftest import ARCH, photos
@@ -326,3 +328,10 @@ def test_torchrun_two_processes_equal_one(tmp_path, vits_weights, suffix):
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert_same_store(one, two)
     assert "extract[rank 0]" in r2.stderr and "extract[rank 1]" in r2.stderr
+
+
+def test_lean_forks_freezes_the_collector_only_inside():
+    """Objects frozen for the DataLoader's fork are handed back to the collector (frozen ones are never freed)."""
+    with lean_forks():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0

@@ -1,7 +1,8 @@
 """``wrc extract``: images → frozen backbone → upsampler → feature store; streamed, resumable, sharded.
 
 Decoding runs in DataLoader workers (uint8 to the device, normalisation there), compute in the main
-thread, and writing in a background thread, so the three overlap; memory is bounded by a few shards.
+thread, and writing in a background thread, so the three overlap; memory is bounded by a few shards and
+one batch's activations (freed heap memory goes back to the OS after every batch).
 The unit of work is a shard of images written whole. Rank r of W takes shards r, r+W, ... (static), so a
 torchrun/SLURM job writes exactly the store a single process would, and a rerun after a crash only
 redoes the shards that were not marked done.
@@ -30,7 +31,9 @@ from wrcli.data import ImageDataset, ResizePolicy, discover
 from wrcli.errors import WrcError
 from wrcli.models import Upsampler, load_upsampler
 from wrcli.progress import Progress
-from wrcli.runtime import Rank, current_rank, resolve_device, trim_memory, wait_until
+from wrcli.runtime import (
+    Rank, current_rank, lean_forks, page_align_large_tensors, resolve_device, trim_memory, wait_until,
+)
 from wrcli.stores import ImageRecord, StoreSpec, create_store, finalize_store, open_writer, store_format
 
 SHARD_BYTES = 64 << 20  # padded bytes of features per shard (bounds memory and the redo after a crash)
@@ -154,7 +157,6 @@ class _ShardWriter(threading.Thread):
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     self.error = exc
                 del job, features
-                trim_memory()
 
     def submit(self, job) -> None:
         self.check()
@@ -205,6 +207,7 @@ def extract(
 ) -> dict:
     """Run (or resume) an extraction. Rank 0 returns the summary of the whole store; other ranks return
     ``{"rank": r, ...}`` with the counts of their own shards."""
+    page_align_large_tensors()
     rank = current_rank()
     fmt = store_format(out, opts.format)
     source = discover(src, stdin=stdin, limit=opts.limit)
@@ -282,16 +285,17 @@ def _run_shards(model: Extractor, source, spec: StoreSpec, shards: list[int], wr
     )
     start = time.monotonic()
     try:
-        shard = None
-        for item in loader:
-            k = item["index"] // spec.shard_size
-            if shard is None or k != shard.k:
-                if shard is not None:
-                    sink.submit(shard.finish(model))
-                shard = _Shard(k, spec, source, bar, model.opts.batch_size)
-            shard.add(item, model)
-        if shard is not None:
-            sink.submit(shard.finish(model))
+        with lean_forks():
+            shard = None
+            for item in loader:
+                k = item["index"] // spec.shard_size
+                if shard is None or k != shard.k:
+                    if shard is not None:
+                        sink.submit(shard.finish(model))
+                    shard = _Shard(k, spec, source, bar, model.opts.batch_size)
+                shard.add(item, model)
+            if shard is not None:
+                sink.submit(shard.finish(model))
         sink.finish()
     except BaseException:
         sink.queue.put(None)  # let the thread end; unwritten shards stay undone and are redone on rerun
@@ -333,6 +337,7 @@ class _Shard:
             input_hw = tuple(it["pixels"].shape[-2:])
             self.records[j] = ImageRecord(self.names[j], tuple(it["orig_hw"]), input_hw, (fh, fw))
         self.bar.advance(len(batch))
+        trim_memory()  # batches of other sizes reuse the freed activations only in part: without this the RSS creeps up
 
     def finish(self, model: Extractor):
         for batch in self.buckets.rest():

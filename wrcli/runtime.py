@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -63,12 +66,37 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, poll
 
 
 def trim_memory() -> None:
-    """Return freed heap memory to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Activations of varying image sizes and per-shard buffers fragment glibc's arenas, so without this the
-    resident size of a long extraction creeps up although the live data stay bounded.
-    """
+    """Return freed heap memory to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def page_align_large_tensors() -> None:
+    """Have torch allocate CPU tensors of 2 MiB and more page-aligned, on transparent huge pages where the
+    kernel allows (torch's ``THP_MEM_ALLOC_ENABLE``; a no-op once this process has allocated a CPU tensor).
+
+    At torch's default 64-byte alignment, ``posix_memalign`` leaves a free chunk of ~128 bytes beside each
+    large block; glibc's per-thread cache never merges such chunks with their neighbours and hands them to
+    small long-lived objects, so the freed activations of differently sized batches stop coalescing and the
+    heap grows with the number of batches (after 150 images at 224: 1.3 GB, page-aligned 0.6 GB). Page
+    alignment leaves ~4 KiB chunks, too big for that cache, which merge again; huge pages cut page faults.
+    """
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
+@contextmanager
+def lean_forks() -> Iterator[None]:
+    """Fork worker processes (DataLoader workers) inside this block to have them share only live memory.
+
+    A forked worker keeps every page of this process it inherited that this process later rewrites or frees,
+    so the memory of the tree grows with the run: freed heap pages are returned before the fork, and the
+    objects alive at the fork are kept out of the garbage collector, whose full passes write to all of them.
+    """
+    trim_memory()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
