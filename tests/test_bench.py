@@ -179,7 +179,7 @@ def test_cli_json_file_and_table(vits_weights, tmp_path, capsys, monkeypatch):
                                                                                  ("upsampler", "bilinear", 3)]
     assert printed["environment"]["command"].startswith("wrc bench") and "bench: backbone" in err
 
-    code, stdout, err = run_cli(bench_args(vits_weights, "--cases", "solve,fft", "--batch", "1",
+    code, stdout, err = run_cli(bench_args(vits_weights, "--cases", "solve,fft", "--batch", "1", "--backend", "torch,cupy",
                                            "--precision", "bf16"), capsys, monkeypatch)
     assert code == 0, err
     lines = stdout.splitlines()
