@@ -20,6 +20,32 @@ WRC_HD Block block_of(long long t, long long h, long long w, long long s, long l
     return blk;
 }
 
+// a(u, v) on the block: the flipped kernel tap, zero outside kh×kw.
+WRC_HD float tap(const float* a, long long u, long long v, long long kh, long long kw) {
+    return (u < kh && v < kw) ? a[(kh - 1 - u) * kw + kw - 1 - v] : 0.f;
+}
+
+// The block sums both passes need: p = aᵀx0_B, q = Σ a²/d and, given the output gradient g, Σ g a/d.
+struct Moments {
+    float p, q, g;
+};
+
+WRC_HD Moments moments(const Block& blk, const float* a, long long kh, long long kw, const float* x0, const float* d,
+                       const float* grad) {
+    Moments m;
+    m.p = m.q = m.g = 0.f;
+    for (long long u = 0; u < kh; ++u) {
+        for (long long v = 0; v < kw; ++v) {
+            const long long j = blk.at(u, v);
+            const float au = tap(a, u, v, kh, kw), ad = au / d[j];
+            m.p += au * x0[j];
+            m.q += au * ad;
+            if (grad) m.g += grad[j] * ad;
+        }
+    }
+    return m;
+}
+
 WRC_GLOBAL void wrc_exact_forward(const float* __restrict__ y, const float* __restrict__ x0,
                                   const float* __restrict__ wl, const float* __restrict__ d,
                                   const float* __restrict__ kernel, float* __restrict__ x, long long B, long long C,
@@ -27,22 +53,13 @@ WRC_GLOBAL void wrc_exact_forward(const float* __restrict__ y, const float* __re
                                   long long st1) {
     WRC_FOR(t, B * C * h * w) {
         const Block blk = block_of(t, h, w, s, st0, st1);
-        const float* a = kernel + ((t / (w * h)) % C) * kh * kw;  // a(u, v) = a[(kh−1−u)·kw + kw−1−v]
-        float p = 0.f, q = 0.f;
-        for (long long u = 0; u < kh; ++u) {
-            for (long long v = 0; v < kw; ++v) {
-                const long long j = blk.at(u, v);
-                const float au = a[(kh - 1 - u) * kw + kw - 1 - v];
-                p += au * x0[j];
-                q += au * au / d[j];
-            }
-        }
-        const float r = wl[t] * (y[t] - p) / (1.f + wl[t] * q);
+        const float* a = kernel + ((t / (w * h)) % C) * kh * kw;
+        const Moments m = moments(blk, a, kh, kw, x0, d, nullptr);
+        const float r = wl[t] * (y[t] - m.p) / (1.f + wl[t] * m.q);
         for (long long u = 0; u < s; ++u) {
             for (long long v = 0; v < s; ++v) {
                 const long long j = blk.at(u, v);
-                const float au = (u < kh && v < kw) ? a[(kh - 1 - u) * kw + kw - 1 - v] : 0.f;
-                x[j] = x0[j] + au / d[j] * r;
+                x[j] = x0[j] + tap(a, u, v, kh, kw) / d[j] * r;
             }
         }
     }
@@ -60,24 +77,15 @@ WRC_GLOBAL void wrc_exact_backward(const float* __restrict__ grad, const float* 
     WRC_FOR(t, B * C * h * w) {
         const Block blk = block_of(t, h, w, s, st0, st1);
         const float* a = kernel + ((t / (w * h)) % C) * kh * kw;
-        float p = 0.f, q = 0.f, gr = 0.f;
-        for (long long u = 0; u < kh; ++u) {
-            for (long long v = 0; v < kw; ++v) {
-                const long long j = blk.at(u, v);
-                const float au = a[(kh - 1 - u) * kw + kw - 1 - v];
-                p += au * x0[j];
-                q += au * au / d[j];
-                gr += grad[j] * au / d[j];
-            }
-        }
-        const float wi = wl[t], den = 1.f + wi * q, r = wi * (y[t] - p) / den, gp = -gr * wi / den;  // gp = ∂/∂p
+        const Moments m = moments(blk, a, kh, kw, x0, d, grad);
+        const float p = m.p, gr = m.g;
+        const float wi = wl[t], den = 1.f + wi * m.q, r = wi * (y[t] - p) / den, gp = -gr * wi / den;  // gp = ∂/∂p
         grad_y[t] = gr * wi / den;
         grad_wl[t] = gr * (y[t] - p) / (den * den);
         for (long long u = 0; u < s; ++u) {
             for (long long v = 0; v < s; ++v) {
                 const long long j = blk.at(u, v);
-                const float au = (u < kh && v < kw) ? a[(kh - 1 - u) * kw + kw - 1 - v] : 0.f;
-                const float dj = d[j];
+                const float au = tap(a, u, v, kh, kw), dj = d[j];
                 grad_x0[j] = grad[j] + gp * au;
                 grad_d[j] = (-au * r * grad[j] + gr * r * wi / den * au * au) / (dj * dj);
                 if (u < kh && v < kw)

@@ -17,6 +17,28 @@ WRC_HD cf alias_q(const cf* z, const float* wl, const float* power, const float*
     return z[low + i] * (wli / fmaxf(wli * power[chan + i] + mh[low + i], floor));
 }
 
+// The two sums x̂(k) is formed from: T = q(i_k) v(k) + conj q(i_−k) v(−k) and v(k) + v(−k), for output
+// (k1, k2) of plane bc (channel c).
+struct Mix {
+    cf t;
+    float vsum;
+};
+
+WRC_HD Mix mix_terms(const cf* z, const float* wl, const float* power, const float* mh, const float* d, long long bc,
+                     long long c, long long k1, long long k2, long long H, long long W, long long h, long long w,
+                     float floor) {
+    const long long r1 = neg_mod(k1, H), r2 = neg_mod(k2, W);
+    const long long high = bc * H * W, low = bc * h * w, chan = c * h * w;
+    const float vf = 1.f / fmaxf(d[high + k1 * W + k2], floor);
+    const float vr = 1.f / fmaxf(d[high + r1 * W + r2], floor);
+    const cf qf = alias_q(z, wl, power, mh, low, chan, (k1 % h) * w + k2 % w, floor);
+    const cf qr = alias_q(z, wl, power, mh, low, chan, (r1 % h) * w + r2 % w, floor);
+    Mix m;
+    m.t = qf * vf + conj(qr) * vr;
+    m.vsum = vf + vr;
+    return m;
+}
+
 WRC_GLOBAL void wrc_official_forward(const cf* __restrict__ rhat, const cf* __restrict__ z, const float* __restrict__ wl,
                                      const float* __restrict__ power, const float* __restrict__ mh,
                                      const float* __restrict__ d, const cf* __restrict__ khat, cf* __restrict__ out,
@@ -25,14 +47,8 @@ WRC_GLOBAL void wrc_official_forward(const cf* __restrict__ rhat, const cf* __re
     const long long Wh = W / 2 + 1;
     WRC_FOR(t, B * C * H * Wh) {
         const long long k2 = t % Wh, k1 = (t / Wh) % H, bc = t / (Wh * H), c = bc % C;
-        const long long r1 = neg_mod(k1, H), r2 = neg_mod(k2, W);
-        const long long high = bc * H * W, low = bc * h * w, chan = c * h * w;
-        const float vf = 1.f / fmaxf(d[high + k1 * W + k2], floor);
-        const float vr = 1.f / fmaxf(d[high + r1 * W + r2], floor);
-        const cf qf = alias_q(z, wl, power, mh, low, chan, (k1 % h) * w + k2 % w, floor);
-        const cf qr = alias_q(z, wl, power, mh, low, chan, (r1 % h) * w + r2 % w, floor);
-        const cf kc = conj(khat[(c * H + k1) * Wh + k2]);
-        out[t] = (rhat[t] * (vf + vr) - kc * (qf * vf + conj(qr) * vr)) * 0.5f;
+        const Mix m = mix_terms(z, wl, power, mh, d, bc, c, k1, k2, H, W, h, w, floor);
+        out[t] = (rhat[t] * m.vsum - conj(khat[(c * H + k1) * Wh + k2]) * m.t) * 0.5f;
     }
 }
 
@@ -117,16 +133,11 @@ WRC_GLOBAL void wrc_official_backward_khat(const cf* __restrict__ grad, const cf
     const long long Wh = W / 2 + 1;
     WRC_FOR(t, C * H * Wh) {
         const long long k2 = t % Wh, k1 = (t / Wh) % H, c = t / (Wh * H);
-        const long long r1 = neg_mod(k1, H), r2 = neg_mod(k2, W);
-        const long long chan = c * h * w, fi = (k1 % h) * w + k2 % w, ri = (r1 % h) * w + r2 % w;
         cf acc = cf_make(0.f, 0.f);
         for (long long b = 0; b < B; ++b) {
-            const long long bc = b * C + c, high = bc * H * W, low = bc * h * w;
-            const float vf = 1.f / fmaxf(d[high + k1 * W + k2], floor);
-            const float vr = 1.f / fmaxf(d[high + r1 * W + r2], floor);
-            const cf T = alias_q(z, wl, power, mh, low, chan, fi, floor) * vf +
-                         conj(alias_q(z, wl, power, mh, low, chan, ri, floor)) * vr;
-            acc = acc + conj(grad[(bc * H + k1) * Wh + k2]) * T;
+            const long long bc = b * C + c;
+            const Mix m = mix_terms(z, wl, power, mh, d, bc, c, k1, k2, H, W, h, w, floor);
+            acc = acc + conj(grad[(bc * H + k1) * Wh + k2]) * m.t;
         }
         grad_khat[t] = acc * -0.5f;
     }
