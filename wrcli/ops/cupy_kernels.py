@@ -72,6 +72,20 @@ def launch(kernel: str, n: int, *args: Tensor | int | float) -> None:
     LAUNCHERS[device.type](kernel, n, args)
 
 
+def _differentiable(op, backward_op, n_tensors: int) -> None:
+    """Autograd for ``op``, whose first ``n_tensors`` inputs are tensors and the rest ints/floats:
+    ``backward_op(grad, *inputs)`` returns the tensors' gradients."""
+
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs[:n_tensors])
+        ctx.args = inputs[n_tensors:]
+
+    def backward(ctx, grad: Tensor):
+        return (*backward_op(grad.contiguous(), *ctx.saved_tensors, *ctx.args), *(None,) * len(ctx.args))
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
 # --- official: the fused alias-group solve between rfft2(r) and irfft2 ---------------------------------
 
 
@@ -113,16 +127,7 @@ def _sizes(d: Tensor, z: Tensor) -> tuple[int, ...]:
     return (*d.shape, *z.shape[-2:])
 
 
-def _official_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs[:7])
-    ctx.floor = inputs[7]
-
-
-def _official_backward(ctx, grad: Tensor):
-    return (*official_mix_backward(grad.contiguous(), *ctx.saved_tensors, ctx.floor), None)
-
-
-official_mix.register_autograd(_official_backward, setup_context=_official_setup)
+_differentiable(official_mix, official_mix_backward, 7)
 
 
 # --- converse: the low-resolution division between rfft2 and irfft2 ------------------------------------
@@ -154,15 +159,7 @@ def _(grad, res, den):
     return torch.empty_like(res), torch.empty_like(den)
 
 
-def _converse_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
-
-
-def _converse_backward(ctx, grad: Tensor):
-    return converse_divide_backward(grad.contiguous(), *ctx.saved_tensors)
-
-
-converse_divide.register_autograd(_converse_backward, setup_context=_converse_setup)
+_differentiable(converse_divide, converse_divide_backward, 2)
 
 
 # --- exact: the block Sherman–Morrison solve (no FFT) ---------------------------------------------------
@@ -201,13 +198,4 @@ def _exact_sizes(y: Tensor, kernel: Tensor, scale: int, start0: int, start1: int
     return (*y.shape, scale, *kernel.shape[-2:], start0, start1)
 
 
-def _exact_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs[:5])
-    ctx.args = inputs[5:]
-
-
-def _exact_backward(ctx, grad: Tensor):
-    return (*exact_solve_backward(grad.contiguous(), *ctx.saved_tensors, *ctx.args), None, None, None)
-
-
-exact_solve.register_autograd(_exact_backward, setup_context=_exact_setup)
+_differentiable(exact_solve, exact_solve_backward, 5)
