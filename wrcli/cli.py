@@ -58,7 +58,15 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
+# options most commands share
+BackboneName = Annotated[str, typer.Option(envvar="WRC_BACKBONE", help="timm ViT name (frozen).")]
+BackboneWeights = Annotated[Optional[str], typer.Option(envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use.")]
+Device = Annotated[str, typer.Option(envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N.")]
+
 # options that `eval seg` and `eval depth` share
+ProbeUpsamplers = Annotated[str, typer.Option(envvar="WRC_UPSAMPLER", help=(
+    "Upsamplers to compare on the same data, comma-separated: registry names or checkpoint files "
+    "('default': wrc with its shipped checkpoint, else bilinear)."))]
 ProbeSeeds = Annotated[int, typer.Option(min=1, help="Probe runs per upsampler (seeds 0..N-1); several give mean ± std.")]
 ProbeEpochs = Annotated[Optional[int], typer.Option(min=1, help="Override the protocol's epochs.")]
 ProbeBatch = Annotated[Optional[int], typer.Option(min=1, help="Override the protocol's batch size.")]
@@ -67,9 +75,6 @@ ProbeSize = Annotated[Optional[int], typer.Option(min=1, help="Override the prot
 ProbeLimit = Annotated[Optional[int], typer.Option(min=1, help="Only the first N images of each split, for quick runs.")]
 ProbeCache = Annotated[Optional[str], typer.Option(help="Folder for the backbone features (reused by later runs with the same data and backbone; default: a temporary folder).")]
 ProbeWorkers = Annotated[int, typer.Option(min=0, help="DataLoader decoding processes.")]
-
-_PROBE_UPSAMPLER_HELP = ("Upsamplers to compare on the same data, comma-separated: registry names or checkpoint files "
-                         "('default': wrc with its shipped checkpoint, else bilinear).")
 
 
 def _probe_output(report: dict, metrics: tuple[str, ...], out: str | None, json_out: bool) -> None:
@@ -91,7 +96,7 @@ def eval_seg_cmd(
     root: str = typer.Argument(..., help="Dataset folder: VOC2012, ADEChallengeData2016, Cityscapes, cocostuff (curated lists) or generic (classes.txt, images/{train,val}/, masks/{train,val}/)."),
     dataset: str = typer.Option("auto", help="voc, ade20k, cityscapes, coco27, generic, or auto (by layout)."),
     protocol: str = typer.Option("jafar", help="jafar: 448, features upsampled to 448, AdamW 5e-4, 20 epochs, batch 4, flip; featup: 224, labels downsampled to the features, AdamW 1e-4, 10 epochs, batch 8."),
-    upsampler: str = typer.Option(f"bilinear,{DEFAULT_UPSAMPLER}", envvar="WRC_UPSAMPLER", help=_PROBE_UPSAMPLER_HELP),
+    upsampler: ProbeUpsamplers = f"bilinear,{DEFAULT_UPSAMPLER}",
     scale: Optional[int] = typer.Option(None, min=1, help="Upsample the token grid ×N instead of to the label size (1 = the raw low-resolution features)."),
     seeds: ProbeSeeds = 1,
     epochs: ProbeEpochs = None,
@@ -102,9 +107,9 @@ def eval_seg_cmd(
     cache: ProbeCache = None,
     workers: ProbeWorkers = 2,
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, dataset, versions, per-class IoU) as JSON."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
-    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
-    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    backbone_weights: BackboneWeights = None,
+    device: Device = "auto",
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of the table."),
 ) -> None:
     """Linear-probe semantic segmentation (mIoU, pixel accuracy), every upsampler on the same cached backbone
@@ -126,7 +131,7 @@ def eval_depth_cmd(
     root: str = typer.Argument(..., help="NYUv2 folder (nyu_depth_v2_labeled.mat with splits.mat or train.txt/test.txt) or generic (images/{train,val}/, depth/{train,val}/)."),
     dataset: str = typer.Option("auto", help="nyu, generic, or auto (by layout)."),
     protocol: str = typer.Option("probe3d", help="probe3d: 224, AdamW 5e-4, 10 epochs, batch 8, warm-up + cosine per step; jafar: 448, AdamW 5e-4, 20 epochs, batch 4, cosine per epoch."),
-    upsampler: str = typer.Option(f"bilinear,{DEFAULT_UPSAMPLER}", envvar="WRC_UPSAMPLER", help=_PROBE_UPSAMPLER_HELP),
+    upsampler: ProbeUpsamplers = f"bilinear,{DEFAULT_UPSAMPLER}",
     depth_scale: float = typer.Option(1000.0, help="Generic 16-bit PNG depth: units per metre (1000 = millimetres); .npy is read as metres."),
     max_depth: float = typer.Option(10.0, help="Deepest valid depth in metres (the top of the depth bins); deeper pixels are ignored."),
     scale: Optional[int] = typer.Option(None, min=1, help="Upsample the token grid ×N instead of to the depth map size (1 = the raw low-resolution features)."),
@@ -139,9 +144,9 @@ def eval_depth_cmd(
     cache: ProbeCache = None,
     workers: ProbeWorkers = 2,
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, dataset, versions) as JSON."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
-    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
-    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    backbone_weights: BackboneWeights = None,
+    device: Device = "auto",
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of the table."),
 ) -> None:
     """Linear depth probe (RMSE, AbsRel, δ1), every upsampler on the same cached backbone features, data and
@@ -172,9 +177,9 @@ def eval_corr_cmd(
     stride: int = typer.Option(1, min=1, help="Stereo: evaluate every N-th row and column of the left image."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N pairs."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, versions, per-category results) as JSON."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
-    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
-    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    backbone_weights: BackboneWeights = None,
+    device: Device = "auto",
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON line on stdout instead of the table."),
 ) -> None:
     """Keypoint correspondence (PCK@0.1/0.05/0.01 on SPair-71k or a pairs file) and dense stereo correspondence
@@ -245,8 +250,8 @@ def _print_json(data: object) -> None:
 def extract_cmd(
     src: str = typer.Argument(..., help="Image folder (recursive), glob, text file with one path per line, or - for paths on stdin."),
     out: str = typer.Argument(..., help="Output store: *.zarr (Zarr v3) or *.h5 / *.hdf5 (HDF5)."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
-    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    backbone_weights: BackboneWeights = None,
     upsampler: str = typer.Option(DEFAULT_UPSAMPLER, envvar="WRC_UPSAMPLER", help="Registry name (see `wrc upsamplers`) or checkpoint file; 'default': wrc with the checkpoint shipped for the backbone, else bilinear."),
     scale: int = typer.Option(2, min=1, help="Upsampling factor of the token grid (1 = the backbone's own grid)."),
     out_size: Optional[str] = typer.Option(None, help="Explicit feature size HxW for every image instead of --scale."),
@@ -257,7 +262,7 @@ def extract_cmd(
     dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
     batch_size: int = typer.Option(8, min=1, help="Images per forward pass."),
     workers: int = typer.Option(2, min=0, help="DataLoader decoding processes (0 = decode in the main process)."),
-    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    device: Device = "auto",
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
     overwrite: bool = typer.Option(False, help="Replace an existing store made with other settings or images."),
     fmt: Optional[str] = typer.Option(None, "--format", help="zarr or hdf5 (default: from OUT's suffix)."),
@@ -306,8 +311,8 @@ def train_cmd(
     solver: str = typer.Option("official", help="WRC solve: official, exact or converse."),
     skip: bool = typer.Option(False, help="Add a bilinear skip to the published network: it starts as bilinear."),
     mse: str = typer.Option("range", help="MSE term: range (the authors', scaled by the target's per-pixel range) or raw."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="Frozen timm ViT."),
-    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file for offline use."),
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    backbone_weights: BackboneWeights = None,
     size: int = typer.Option(448, min=28, help="Training image side (the low-resolution view and the crops are half of it)."),
     val: str = typer.Option("0.05", help="Validation images: a fraction held out of IMAGES, or a folder / list file / glob."),
     val_every: int = typer.Option(1000, min=0, help="Validate every N steps (0: only at the end)."),
@@ -321,7 +326,7 @@ def train_cmd(
     aug_weight: float = typer.Option(1.0, min=0.0, help="Weight of the augmentation-consistency term."),
     workers: int = typer.Option(2, min=0, help="DataLoader processes."),
     seed: int = typer.Option(0, help="Seed of initialisation, data order, crops and augmentations."),
-    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    device: Device = "auto",
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON line on stdout."),
 ) -> None:
     """Train the WRC upsampler self-supervised against a frozen backbone (the published recipe)."""
@@ -363,9 +368,9 @@ def viz_cmd(
     query: Optional[list[str]] = typer.Option(None, "--query", "-q", help="Similarity query point y,x in pixels of the original image; repeat for several (default: the centre)."),
     size: int = typer.Option(448, min=1, help="Resize the short side to this many pixels (rounded to the patch multiple)."),
     max_side: Optional[int] = typer.Option(None, min=1, help="Cap on the long side in pixels (default 2 × --size)."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
-    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
-    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    backbone_weights: BackboneWeights = None,
+    device: Device = "auto",
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of the PNG paths."),
 ) -> None:
     """Draw PCA-RGB feature images and query-point similarity maps, upsamplers side by side with the image.
@@ -401,9 +406,9 @@ def bench_cmd(
     repeats: int = typer.Option(10, min=1, help="Timed calls (median, spread)."),
     solve_channels: Optional[int] = typer.Option(None, min=1, help="Channels of the solve case (default: the WRC upsampler's layer width for the backbone, (C + 32) // 2)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (settings, versions, every run) as JSON."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, envvar="WRC_BACKBONE", help="timm ViT name."),
-    backbone_weights: Optional[str] = typer.Option(None, envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use."),
-    device: str = typer.Option("auto", envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    backbone_weights: BackboneWeights = None,
+    device: Device = "auto",
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of the table."),
 ) -> None:
     """Time the backbone, each upsampler, the WRC solves alone and backbone + upsampler per batch size,
