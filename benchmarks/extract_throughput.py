@@ -1,8 +1,13 @@
 """End-to-end `wrc extract` throughput against forward-only throughput, peak memory and bytes per image.
 
+Throughput is measured in ``--rounds`` rounds, each a forward-only run and an end-to-end run, each in a fresh
+process, their order alternating from round to round (so a slow drift in the machine's speed biases neither);
+the ratio reported is the median of the rounds' ratios. On a shared 2-core VM one run's speed varies by
+±5-10 %, more than the overhead being measured, so a single pair of runs decides nothing.
+
 Forward-only = the same images, decoded and resized beforehand with the same policy, held in memory as
-exactly the uint8 batches extract forms (same shards, same size buckets), run through normalisation + backbone + upsampler + cast to the stored dtype
-(what extract computes), with no decoding and no writing. End-to-end = the `wrc extract` command itself
+exactly the uint8 batches extract forms (same shards, same size buckets), run through normalisation +
+backbone + upsampler + cast to the stored dtype (what extract computes), with no decoding and no writing. End-to-end = the `wrc extract` command itself
 (decode in workers, compute, background writes), timed from its first image to its last shard written, plus
 its whole wall time; nothing samples it while it runs (reading /proc/PID/smaps_rollup walks the page tables
 of a process that faults in ~100k pages a second, and sampling it every 0.2 s cost a fifth of its
@@ -22,15 +27,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
+from statistics import median
 from pathlib import Path
 
 import torch
@@ -136,6 +145,33 @@ def forward_only(files: list[Path], args: argparse.Namespace) -> float:
         return len(files) / (time.monotonic() - start)
 
 
+def forward_only_fresh(files: list[Path], args: argparse.Namespace) -> float:
+    """:func:`forward_only` in a new process, as fresh as the `wrc extract` process it is compared with."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(forward_only, files, args).result()
+
+
+def throughput_rounds(src: Path, out: Path, args: argparse.Namespace) -> dict:
+    """``args.rounds`` × (forward-only, end-to-end), alternating which goes first; medians and paired ratios."""
+    files = sorted(src.iterdir())
+    rounds = []
+    for r in range(args.rounds):
+        runs = {}
+        for kind in (("forward", "e2e") if r % 2 == 0 else ("e2e", "forward")):
+            if kind == "forward":
+                runs[kind] = forward_only_fresh(files, args)
+            else:  # a new store each time: on a finished store with the same settings extract has nothing to do
+                shutil.rmtree(out, ignore_errors=True)
+                runs[kind] = run_extract(src, out, args, args.size, memory=False)
+        rounds.append({"forward_only_images_per_s": runs["forward"], "end_to_end": runs["e2e"],
+                       "ratio": runs["e2e"]["images_per_s"] / runs["forward"], "first": "forward" if r % 2 == 0 else "e2e"})
+    fwd = median(r["forward_only_images_per_s"] for r in rounds)
+    e2e = median(r["end_to_end"]["images_per_s"] for r in rounds)
+    return {"rounds": rounds, "forward_only_images_per_s": fwd, "end_to_end_images_per_s": e2e,
+            "ratio": median(r["ratio"] for r in rounds), "ratio_of_medians": e2e / fwd,
+            "bytes_per_image": rounds[0]["end_to_end"]["bytes_per_image"]}
+
+
 def image_folder(images: Path, n: int, into: Path, pool: int | None = None) -> Path:
     """A folder of n images (symlinks under distinct names), cycling through the source photos in name order,
     or through ``pool`` of them spread evenly over that order."""
@@ -159,6 +195,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="forward-only/end-to-end pairs for the throughput ratio")
     parser.add_argument("--rss", default="100,1000", help="image counts for the peak-memory comparison ('' to skip)")
     parser.add_argument("--rss-size", type=int, help="--size of the peak-memory runs (default: --size)")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (no throughput)")
@@ -173,9 +210,7 @@ def main() -> None:
         }
         if not args.memory_only:
             src = image_folder(args.images, args.n, tmp / f"n{args.n}")
-            fwd = forward_only(sorted(src.iterdir()), args)
-            e2e = run_extract(src, tmp / "e2e.zarr", args, args.size, memory=False)
-            result |= {"forward_only_images_per_s": fwd, "end_to_end": e2e, "ratio": e2e["images_per_s"] / fwd}
+            result |= throughput_rounds(src, tmp / "e2e.zarr", args)
         result["rss"] = {}
         counts = sorted(int(v) for v in args.rss.split(",") if v)
         for n in counts:
