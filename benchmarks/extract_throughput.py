@@ -2,22 +2,22 @@
 
 Throughput is measured in ``--rounds`` rounds, each a forward-only run and an end-to-end run, each in a fresh
 process, their order alternating from round to round (so a slow drift in the machine's speed biases neither);
-the ratio reported is the median of the rounds' ratios. On a shared 2-core VM one run's speed varies by
-±5-10 %, more than the overhead being measured, so a single pair of runs decides nothing.
+the ratio reported is the median of the rounds' ratios. On a shared 2-core VM one run's speed drifts by
+5-15 % within half an hour, more than the overhead being measured, so a single pair of runs decides nothing.
 
-Forward-only = the same images, decoded and resized beforehand with the same policy, held in memory as
-exactly the uint8 batches extract forms (same shards, same size buckets), run through normalisation +
-backbone + upsampler + cast to the stored dtype (what extract computes), with no decoding and no writing. End-to-end = the `wrc extract` command itself
-(decode in workers, compute, background writes), timed from its first image to its last shard written, plus
-its whole wall time; nothing samples it while it runs (reading /proc/PID/smaps_rollup walks the page tables
-of a process that faults in ~100k pages a second, and sampling it every 0.2 s cost a fifth of its
-throughput). Peak memory is measured in separate runs: the PSS summed over the process tree (main process +
-DataLoader workers) sampled every 0.5 s and whenever the main process's RSS (read every 20 ms from
-/proc/PID/status, which costs nothing) reaches a new high: the tree's peak is the main process's, at the
-largest batch, and lasts a fraction of a second, so fixed-interval samples miss it the more often the
-shorter the run. And the main process's own peak RSS (VmHWM). Those runs cycle
-through the same 100 photos, spread evenly over the image folder, so 100 and 1000 images differ only in
-their number, not in which image sizes they meet.
+Forward-only = the same images, decoded and resized beforehand with the same policy, held in memory as exactly
+the uint8 batches extract forms (same shards, same size buckets), run through normalisation + backbone +
+upsampler + cast to the stored dtype (what extract computes), with no decoding and no writing. End-to-end =
+the `wrc extract` command itself (decode in workers, compute, background writes), timed from its first image
+to its last shard written, plus its whole wall time; nothing samples it while it runs (reading
+/proc/PID/smaps_rollup walks the page tables of a process that faults in ~100k pages a second, and sampling it
+every 0.2 s cost a fifth of its throughput). Peak memory is measured in separate runs: the PSS summed over the
+process tree (main process + DataLoader workers) sampled every 0.5 s and whenever the main process's RSS (read
+every 20 ms from /proc/PID/status, which costs nothing) reaches a new high: the tree's peak is the main
+process's, at the largest batch, and lasts a fraction of a second, so fixed-interval samples miss it the more
+often the shorter the run. And the main process's own peak RSS (VmHWM). Those runs cycle through the same 100
+photos, spread evenly over the image folder, so 100 and 1000 images differ only in their number, not in which
+image sizes they meet.
 
     python benchmarks/extract_throughput.py --images ../shared/data/photos --weights W.safetensors \
         --n 200 --rss 100,1000 --rss-size 224 --json results.json
@@ -39,8 +39,8 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date
-from statistics import median
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -164,7 +164,8 @@ def throughput_rounds(src: Path, out: Path, args: argparse.Namespace) -> dict:
                 shutil.rmtree(out, ignore_errors=True)
                 runs[kind] = run_extract(src, out, args, args.size, memory=False)
         rounds.append({"forward_only_images_per_s": runs["forward"], "end_to_end": runs["e2e"],
-                       "ratio": runs["e2e"]["images_per_s"] / runs["forward"], "first": "forward" if r % 2 == 0 else "e2e"})
+                       "ratio": runs["e2e"]["images_per_s"] / runs["forward"],
+                       "first": "forward" if r % 2 == 0 else "e2e"})
     fwd = median(r["forward_only_images_per_s"] for r in rounds)
     e2e = median(r["end_to_end"]["images_per_s"] for r in rounds)
     return {"rounds": rounds, "forward_only_images_per_s": fwd, "end_to_end_images_per_s": e2e,
