@@ -318,7 +318,7 @@ def test_padding_and_failed_images_cost_almost_nothing(tmp_path, suffix):
         write(path, spec, feats, records)
         sizes[grid] = sum(len(b) for name, b in store_files(path).items() if "features" in name or "shard-" in name)
     valid_bytes = (8 - len(FAILED)) * 16 * 32 * 32 * 2
-    assert sizes[32] < 1.1 * valid_bytes + 16_000  # failed images: no bytes
+    assert sizes[32] < 1.1 * valid_bytes + 16_000  # failed images: a compressed chunk of zeros at most
     assert sizes[64] < 1.1 * sizes[32]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import os
 import time
@@ -65,12 +66,18 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, poll
         time.sleep(poll)
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def trim_memory() -> None:
     """Return freed heap memory to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if (trim := _malloc_trim()) is not None:
+        trim(0)
 
 
 def page_align_large_tensors() -> None:
