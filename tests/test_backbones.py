@@ -202,6 +202,11 @@ def test_normalize_uint8_and_float_agree() -> None:
     torch.testing.assert_close(zero.flatten(), -torch.tensor(bb.mean) / torch.tensor(bb.std))
     with pytest.raises(ValueError, match="uint8"):
         bb.normalize(u8.long())
+    half = bb.normalize(u8.to(torch.bfloat16) / 255)
+    assert half.dtype == torch.bfloat16
+    # the constants are module buffers (they follow .to(device)), not weights
+    assert {name for name, _ in bb.named_buffers()} >= {"_mean", "_std"}
+    assert not any(k.startswith("_") for k in bb.state_dict())
 
 
 def test_default_name_and_tag() -> None:

@@ -80,6 +80,9 @@ class Backbone(nn.Module):
         self.channels = self.embed_dim * len(self.layers)
         self.mean: tuple[float, float, float] = tuple(float(v) for v in cfg["mean"])
         self.std: tuple[float, float, float] = tuple(float(v) for v in cfg["std"])
+        # on the module's device, so that normalising a GPU batch copies nothing from the host
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self.weights_sha256 = weights_sha256
 
     def train(self, mode: bool = True) -> Backbone:
@@ -92,9 +95,7 @@ class Backbone(nn.Module):
             images = images.float() / 255
         elif not images.is_floating_point():
             raise ValueError(f"images must be uint8 (0..255) or float (0..1), got {images.dtype}")
-        mean = images.new_tensor(self.mean).view(1, 3, 1, 1)
-        std = images.new_tensor(self.std).view(1, 3, 1, 1)
-        return (images - mean) / std
+        return (images - self._mean.to(images.device, images.dtype)) / self._std.to(images.device, images.dtype)
 
     def forward(self, images: Tensor) -> Tensor:
         """Normalised images (B, 3, H, W) -> features (B, channels, H//p, W//p), layers concatenated along C."""
