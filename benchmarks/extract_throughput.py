@@ -125,7 +125,7 @@ def forward_only(files: list[Path], args: argparse.Namespace) -> float:
 
     page_align_large_tensors()
     backbone = load_backbone(weights=args.weights)
-    upsampler = load_upsampler(args.upsampler, backbone).eval()
+    upsampler = load_upsampler(args.upsampler, backbone).fold_batchnorm()
     policy = ResizePolicy(size=args.size, patch=backbone.patch_size)
     grid = tuple(2 * v // backbone.patch_size for v in policy.max_input_hw())
     shard = shard_size_for(backbone.channels, grid, "float16")

@@ -105,7 +105,7 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     bb = load_backbone("vit_small_patch14_dinov2.lvd142m", args.weights, device=device)
-    wrc = load_upsampler(backbone=bb).to(device).eval()
+    wrc = load_upsampler(backbone=bb).to(device).fold_batchnorm()
     grid = (args.size // bb.patch_size,) * 2
     rows, log = [], open(args.log, "w")
     for batch in (int(b) for b in args.batch.split(",")):

@@ -322,3 +322,56 @@ def test_reduced_precision_features_keep_dtype(name, dtype):
         out = m.upsample(feats, img, scale=2)
     tol = 2e-2 if dtype == torch.float16 else 8e-2
     torch.testing.assert_close(out.float(), ref, atol=tol * ref.abs().max().item(), rtol=tol)
+
+
+# ---------------------------------------------------------------------------------------------------
+# BatchNorm folding for inference
+# ---------------------------------------------------------------------------------------------------
+def _with_trained_statistics(m: Upsampler) -> Upsampler:
+    """Give every BatchNorm non-trivial statistics and affine parameters (as training would)."""
+    g = torch.Generator().manual_seed(0)
+    for norm in m.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            n = norm.num_features
+            norm.running_mean.copy_(torch.randn(n, generator=g))
+            norm.running_var.copy_(torch.rand(n, generator=g) * 3 + 0.05)
+            with torch.no_grad():
+                norm.weight.copy_(torch.randn(n, generator=g))
+                norm.bias.copy_(torch.randn(n, generator=g))
+    return m
+
+
+@pytest.mark.parametrize("name", LEARNED_WRC)
+def test_folded_batchnorm_gives_the_same_outputs(name):
+    torch.manual_seed(0)
+    m = _with_trained_statistics(make(name)).eval()
+    feats, img = inputs(2, C, 3, 5)
+    with torch.no_grad():
+        m64 = m.double()
+        ref = m64.upsample(feats.double(), img.double(), scale=2)
+        config = m64.config
+        folded = m64.fold_batchnorm()
+        assert folded is m64 and not any(isinstance(x, torch.nn.BatchNorm2d) for x in folded.modules())
+        out = folded.upsample(feats.double(), img.double(), scale=2)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10 * ref.abs().max().item())
+    assert folded.config == config  # the same model as described (parameters as trained)
+    assert folded.fold_batchnorm() is folded  # folding twice changes nothing
+
+
+def test_folded_batchnorm_fp32_and_what_folding_refuses(tmp_path):
+    from wrcli.models import save_upsampler
+    from wrcli.models.blocks import fold_batchnorm
+
+    m = _with_trained_statistics(make("wrc")).eval()
+    feats, img = inputs(1, C, 4, 4)
+    with torch.no_grad():
+        ref = m.upsample(feats, img, scale=2)
+        out = m.fold_batchnorm().upsample(feats, img, scale=2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    with pytest.raises(WrcError, match="cannot be trained"):
+        m.train()
+    with pytest.raises(WrcError, match="save it before folding"):
+        save_upsampler(m, tmp_path / "folded.safetensors")
+    assert not (tmp_path / "folded.safetensors").exists()
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(make("wrc").train())

@@ -82,7 +82,7 @@ class Extractor:
         self.backbone: Backbone = load_backbone(opts.backbone, opts.backbone_weights, layers=opts.layers, device=device)
         self.upsampler: Upsampler | None = None
         if opts.scale != 1 or opts.out_size is not None:
-            self.upsampler = load_upsampler(opts.upsampler, self.backbone).to(device).eval()
+            self.upsampler = load_upsampler(opts.upsampler, self.backbone).to(device).fold_batchnorm()
         self.policy = ResizePolicy(size=opts.size, patch=self.backbone.patch_size, crop=opts.crop, max_side=opts.max_side)
         self.n_layers = len(self.backbone.layers)
 

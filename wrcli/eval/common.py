@@ -43,7 +43,8 @@ def label_of(name: str) -> str:
 
 
 def load_upsamplers(names: Sequence[str], backbone: Any, device: Any) -> dict[str, Any]:
-    """label → an upsampler in eval mode on ``device`` (see :func:`wrcli.models.load_upsampler`)."""
+    """label → an upsampler on ``device`` for inference (eval mode, BatchNorm folded; see
+    :func:`wrcli.models.load_upsampler`)."""
     from wrcli.models import load_upsampler
 
     models: dict[str, Any] = {}
@@ -51,7 +52,7 @@ def load_upsamplers(names: Sequence[str], backbone: Any, device: Any) -> dict[st
         label = label_of(name)
         if label in models:
             raise WrcError(f"two upsamplers would share the label {label!r}; rename one checkpoint file")
-        models[label] = load_upsampler(name, backbone).to(device).eval()
+        models[label] = load_upsampler(name, backbone).to(device).fold_batchnorm()
     return models
 
 

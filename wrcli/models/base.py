@@ -10,6 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wrcli.errors import WrcError
+
+from .blocks import fold_batchnorm
+
 _REDUCED = (torch.float16, torch.bfloat16)
 
 
@@ -84,6 +88,8 @@ class Upsampler(nn.Module):
         self.backbone_info: dict[str, Any] | None = None  # {"name", "arch"} of the backbone it belongs to
         self.provenance: dict[str, Any] | None = None  # training information (from a checkpoint)
         self.checkpoint: Path | None = None  # the file the weights were loaded from
+        self.batchnorm_folded = False
+        self._trained_parameters = 0  # the count before folding
 
     # -- description ---------------------------------------------------------------------------
     @property
@@ -95,7 +101,8 @@ class Upsampler(nn.Module):
         return None
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Parameters of the model as trained (before any BatchNorm folding)."""
+        return self._trained_parameters if self.batchnorm_folded else sum(p.numel() for p in self.parameters())
 
     @property
     def config(self) -> dict[str, Any]:
@@ -112,6 +119,23 @@ class Upsampler(nn.Module):
             "backbone": None if self.backbone_info is None else dict(self.backbone_info),
             "parameters": self.num_parameters(),
         }
+
+    # -- inference ---------------------------------------------------------------------------------
+    def fold_batchnorm(self) -> Upsampler:
+        """Switch to eval mode and fold each BatchNorm into the convolution before it, in place (see
+        :func:`wrcli.models.blocks.fold_batchnorm`): the same outputs to rounding, faster. For inference only:
+        a folded upsampler can be neither trained nor saved. Returns self."""
+        if not self.batchnorm_folded:
+            self._trained_parameters = self.num_parameters()
+            fold_batchnorm(self.eval())
+            self.batchnorm_folded = True
+        return self
+
+    def train(self, mode: bool = True) -> Upsampler:
+        if mode and self.batchnorm_folded:
+            raise WrcError(f"upsampler {self.name!r} had its BatchNorm folded for inference and cannot be trained; "
+                           "load it again to train it")
+        return super().train(mode)
 
     # -- the public call -----------------------------------------------------------------------
     def check_inputs(self, features: Tensor, image: Tensor | None) -> None:

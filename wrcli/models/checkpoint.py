@@ -124,6 +124,9 @@ def save_upsampler(
     import wrcli
 
     path = Path(path)
+    if model.batchnorm_folded:
+        raise WrcError("cannot save an upsampler whose BatchNorm was folded for inference (its weights no longer "
+                       "match the architecture); save it before folding")
     if backbone is not None:
         bb_channels = feature_channels(backbone)
         if model.channels is not None and bb_channels is not None and bb_channels != model.channels:
