@@ -227,3 +227,19 @@ def test_gpu_layer_picks_cupy_automatically(monkeypatch):
     with use_backend("torch"):
         ref = wrc_layer(*args)
     assert (auto - ref).abs().max() <= 2e-5 * ref.abs().max()
+
+
+# --- on a CUDA GPU: the other GPU-only path of wrcli.ops ---------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,size,scale,align", [((3, 208, 13, 10), None, 2, True), ((2, 384, 9, 7), (18, 14), None, False),
+                                                     ((1, 32, 25, 30), (32, 36), None, False)])
+def test_gpu_bilinear_equals_f_interpolate(shape, size, scale, align, dtype):
+    from wrcli.ops.interpolate import bilinear
+
+    x = torch.randn(shape, device="cuda", dtype=dtype)
+    out = bilinear(x, size, scale_factor=scale, align_corners=align)
+    ref = torch.nn.functional.interpolate(x, size=size, scale_factor=scale, mode="bilinear", align_corners=align)
+    assert out.is_contiguous() and out.dtype == dtype
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())

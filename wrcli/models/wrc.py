@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wrcli.ops.interpolate import bilinear
+
 from .base import Upsampler
 from .blocks import Bottleneck, ConvNorm, bottlenecks, conv1x1
 
@@ -141,7 +143,7 @@ class WRCUpsampler(Upsampler):
         if tuple(g.shape[-2:]) == (2 * h, 2 * w):
             return g
         if tuple(g.shape[-2:]) != (4 * h, 4 * w):
-            g = F.interpolate(g, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
+            g = bilinear(g, (4 * h, 4 * w), align_corners=False)
         return F.max_pool2d(g, 2)
 
     def forward(self, features: Tensor, image: Tensor | None = None) -> Tensor:
@@ -156,5 +158,5 @@ class WRCUpsampler(Upsampler):
         x = self.wrc(x)
         x = self.head(self.refine(torch.cat([x, g1], dim=1)))
         if self.skip:
-            x = x + F.interpolate(features.to(dtype), size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
+            x = x + bilinear(features.to(dtype), (2 * h, 2 * w), align_corners=False)
         return x.to(features.dtype)

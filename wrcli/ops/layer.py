@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .interpolate import bilinear
 from .precision import compute_dtype, full_precision, upcast
 from .sampling import Centre, circular_pad
 from .solvers import converse, exact, official
@@ -58,7 +59,7 @@ def wrc_layer(
     dtype = compute_dtype(y)
     with full_precision(y.device):
         yp, kernel, bias, conv_low, conv_high = upcast(dtype, _pad(y, padding, "circular"), kernel, bias, conv_low, conv_high)
-        x0 = F.interpolate(yp, scale_factor=scale, mode="bilinear", align_corners=True)
+        x0 = bilinear(yp, scale_factor=scale, align_corners=True)
         lam = F.softplus(bias) + eps
         x = SOLVERS[solver](
             yp, x0, weight_map(yp, conv_low), weight_map(x0, conv_high), kernel, lam, scale=scale,
@@ -80,7 +81,7 @@ def converse_layer(
         if prior == "nearest":
             x0 = F.interpolate(yp, scale_factor=scale, mode="nearest")
         elif prior == "bilinear":
-            x0 = F.interpolate(yp, scale_factor=scale, mode="bilinear", align_corners=True)
+            x0 = bilinear(yp, scale_factor=scale, align_corners=True)
         else:
             raise ValueError(f"prior must be 'nearest' or 'bilinear', got {prior!r}")
         x = converse(yp, x0, kernel, torch.sigmoid(bias - 9) + eps, scale=scale, centre=centre)
