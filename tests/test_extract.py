@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from wrcli import cli
 from wrcli.backbones import load_backbone
 from wrcli.data import ResizePolicy, load_image
 from wrcli.models import load_upsampler
-from wrcli.runtime import lean_forks
+from wrcli.runtime import lean_forks, run_when_idle
 from wrcli.stores import open_store
 
 from .conftest import ARCH, photos
@@ -335,3 +337,39 @@ def test_lean_forks_freezes_the_collector_only_inside():
     with lean_forks():
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_run_when_idle_changes_the_calling_thread_only():
+    seen = {}
+
+    def helper():
+        run_when_idle()
+        seen["helper"] = os.sched_getscheduler(0)
+
+    thread = threading.Thread(target=helper)
+    thread.start()
+    thread.join()
+    assert seen["helper"] == os.SCHED_IDLE and os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_cpu_extract_writes_and_decodes_on_idle_time(tmp_path, vits_weights, capsys, monkeypatch):
+    """On a CPU run the writer, zarr's I/O threads and the decode workers yield to the compute's threads."""
+    policies, loaders = [], []
+    monkeypatch.setattr("wrcli.extract.run_when_idle", lambda tid=0: policies.append(tid) or run_when_idle(tid))
+    monkeypatch.setattr("wrcli.extract.DataLoader", lambda *a, **kw: loaders.append(kw) or DataLoader(*a, **kw))
+    src = photos(tmp_path / "in", 3)
+    out = tmp_path / "out.zarr"
+    args = ["extract", str(src), str(out), *base_args(vits_weights, "--upsampler", "bilinear")]
+    args[args.index("--workers") + 1] = "1"
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    zarr_threads = [t.native_id for t in threading.enumerate() if t.name.startswith("zarr_")]
+    assert zarr_threads and all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in zarr_threads)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert policies[0] == 0 and set(zarr_threads) <= set(policies)  # the writer itself, then zarr's threads
+    worker_init = loaders[0]["worker_init_fn"]
+    thread = threading.Thread(target=worker_init, args=(0,))  # what each decode worker runs first
+    thread.start()
+    thread.join()
+    assert policies[-1] == 0

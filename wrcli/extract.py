@@ -32,7 +32,7 @@ from wrcli.errors import WrcError
 from wrcli.models import Upsampler, load_upsampler
 from wrcli.progress import Progress
 from wrcli.runtime import (
-    Rank, current_rank, lean_forks, page_align_large_tensors, resolve_device, trim_memory, wait_until,
+    Rank, current_rank, lean_forks, page_align_large_tensors, resolve_device, run_when_idle, trim_memory, wait_until,
 )
 from wrcli.stores import ImageRecord, StoreSpec, create_store, finalize_store, open_writer, store_format
 
@@ -139,15 +139,19 @@ def shard_size_for(channels: int, grid: tuple[int, int], dtype: str) -> int:
 
 
 class _ShardWriter(threading.Thread):
-    """Pads and writes finished shards in the background; the first error is re-raised in the main thread."""
+    """Pads and writes finished shards in the background; the first error is re-raised in the main thread.
+    With ``idle``, it and the store's I/O threads run only on CPU time the compute leaves (:func:`run_when_idle`)."""
 
-    def __init__(self, writer, spec: StoreSpec, on_written: Callable[[int, list[ImageRecord]], None]):
+    def __init__(self, writer, spec: StoreSpec, on_written: Callable[[int, list[ImageRecord]], None], idle: bool):
         super().__init__(daemon=True, name="wrc-writer")
-        self.writer, self.spec, self.on_written = writer, spec, on_written
+        self.writer, self.spec, self.on_written, self.idle = writer, spec, on_written, idle
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        if self.idle:
+            for tid in (0, *self.writer.io_threads()):
+                run_when_idle(tid)
         while (job := self.queue.get()) is not None:
             if self.error is None:
                 k, features, records = job
@@ -170,6 +174,10 @@ class _ShardWriter(threading.Thread):
         self.queue.put(None)
         self.join()
         self.check()
+
+
+def _idle_worker(worker_id: int) -> None:
+    run_when_idle()
 
 
 def padded(features: list[np.ndarray | None], spec: StoreSpec) -> np.ndarray:
@@ -277,11 +285,13 @@ def _run_shards(model: Extractor, source, spec: StoreSpec, shards: list[int], wr
                 on_record({"index": i, "path": rec.name, "status": "failed" if rec.error else "ok", "error": rec.error or None,
                            "orig_hw": list(rec.orig_hw), "input_hw": list(rec.input_hw), "feat_hw": list(rec.feat_hw), "shard": k})
 
-    sink = _ShardWriter(writer, spec, written)
+    on_cpu = model.device.type == "cpu"  # the compute's threads are the CPU's: decoding and writing yield to them
+    sink = _ShardWriter(writer, spec, written, idle=on_cpu)
     sink.start()
     loader = DataLoader(
         ImageDataset(items, model.policy), batch_size=None, num_workers=model.opts.workers,
         pin_memory=model.device.type == "cuda", prefetch_factor=4 if model.opts.workers else None,
+        worker_init_fn=_idle_worker if on_cpu else None,
     )
     start = time.monotonic()
     try:

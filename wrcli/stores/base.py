@@ -94,6 +94,10 @@ class StoreWriter(ABC):
     @abstractmethod
     def write_shard(self, k: int, features: np.ndarray, records: Sequence[ImageRecord]) -> None: ...
 
+    def io_threads(self) -> list[int]:
+        """Native ids of the threads besides the caller's that do this writer's work (none by default)."""
+        return []
+
     def close(self) -> None:
         """Release resources (nothing is buffered between shards)."""
 

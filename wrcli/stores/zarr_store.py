@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,6 +94,12 @@ class ZarrWriter(StoreWriter):
 
     def done_shards(self) -> set[int]:
         return {int(k) for k in np.flatnonzero(self._done[:])}
+
+    def io_threads(self) -> list[int]:
+        """zarr's event-loop thread and its codec pool (compression runs there), as far as they exist yet:
+        the pool's later threads are started by the loop thread and inherit its scheduling."""
+        return [t.native_id for t in threading.enumerate()
+                if t.name.startswith(("zarr_io", "zarr_pool")) and t.native_id is not None]
 
     def write_shard(self, k: int, features: np.ndarray, records: Sequence[ImageRecord]) -> None:
         rng = check_shard(self.spec, k, features, records)
