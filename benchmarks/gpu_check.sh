@@ -7,9 +7,10 @@
 #      eager torch and on cupy, the upsampler on its automatic backend (cupy for CUDA tensors);
 #   3. the upsampler and backbone + upsampler again with the solve forced onto torch (WRC_BACKEND=torch);
 #   4. `wrc extract` of examples/images on the GPU and on the CPU, and the two stores compared image by image;
-#   5. the compiled (torch.compile) solves: compiling dominates, so batch 1 and fp32 only.
+#   5. benchmarks/gpu_profile.py: eager against CUDA-graph replay, and the profiler's kernel tables;
+#   6. the compiled (torch.compile) solves: compiling dominates, so batch 1 and fp32 only.
 # Random-init backbone weights: the timings do not depend on the weights' values. $OUT receives the steps' logs
-# (check.log) and the bench reports (JSON); the weights and stores stay in $WORK.
+# (check.log), the bench reports (JSON) and the profiler's tables; the weights and stores stay in $WORK.
 set -uo pipefail
 PY=${PY:-python3}
 OUT=${OUT:-out}
@@ -74,6 +75,9 @@ with open_store(sys.argv[1]) as a, open_store(sys.argv[2]) as b:
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         print(f"{name}: shape {x.shape}, rel. L2 difference {np.linalg.norm(x - y) / np.linalg.norm(y):.2e}")
 PYEOF
+
+PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} TAIL=25 step profile 120 $PY benchmarks/gpu_profile.py --device "$DEVICE" --batch "$BATCH" \
+    --repeats "$REPEATS" --weights "$WORK/vits14-random.safetensors" --log "$OUT/profile.txt"
 
 TAIL=15 step bench-compiled 120 $PY -m wrcli bench --device "$DEVICE" --size 448 --scale 2 --batch 1 --precision fp32 \
     --backend compiled --cases solve --warmup 3 --repeats "$REPEATS" --out "$OUT/bench-gpu-compiled.json"
