@@ -2,8 +2,8 @@
 
 PyTorch's CUDA kernel for contiguous (NCHW) tensors gives one thread per output pixel and loops it over
 batch × channels: for ViT-S features at batch 8 (3072 maps of 64×64) that is 4096 threads, and one call took
-~0.5 ms on an H100. Its channels-last kernel gives one thread per output element and computes each element
-with the same formula, so the result is the same, in a fraction of the time.
+0.55 ms on an H100. Its channels-last kernel gives one thread per output element and the same formula per
+element (the two agree to 1e-6 in tests/test_cuda_kernels.py), in a seventh of the time.
 """
 
 from __future__ import annotations
