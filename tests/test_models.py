@@ -344,15 +344,14 @@ def _with_trained_statistics(m: Upsampler) -> Upsampler:
 @pytest.mark.parametrize("name", LEARNED_WRC)
 def test_folded_batchnorm_gives_the_same_outputs(name):
     torch.manual_seed(0)
-    m = _with_trained_statistics(make(name)).eval()
-    feats, img = inputs(2, C, 3, 5)
+    m = _with_trained_statistics(make(name)).eval().double()
+    feats, img = (t.double() for t in inputs(2, C, 3, 5))
     with torch.no_grad():
-        m64 = m.double()
-        ref = m64.upsample(feats.double(), img.double(), scale=2)
-        config = m64.config
-        folded = m64.fold_batchnorm()
-        assert folded is m64 and not any(isinstance(x, torch.nn.BatchNorm2d) for x in folded.modules())
-        out = folded.upsample(feats.double(), img.double(), scale=2)
+        ref = m.upsample(feats, img, scale=2)
+        config = m.config
+        folded = m.fold_batchnorm()
+        assert folded is m and not any(isinstance(x, torch.nn.BatchNorm2d) for x in folded.modules())
+        out = folded.upsample(feats, img, scale=2)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10 * ref.abs().max().item())
     assert folded.config == config  # the same model as described (parameters as trained)
     assert folded.fold_batchnorm() is folded  # folding twice changes nothing
