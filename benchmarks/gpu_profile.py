@@ -107,35 +107,35 @@ def main() -> None:
     bb = load_backbone("vit_small_patch14_dinov2.lvd142m", args.weights, device=device)
     wrc = load_upsampler(backbone=bb).to(device).fold_batchnorm()
     grid = (args.size // bb.patch_size,) * 2
-    rows, log = [], open(args.log, "w")
-    for batch in (int(b) for b in args.batch.split(",")):
-        x = pixels(batch, args.size, device)
-        inputs = solve_inputs(batch, WRCUpsampler.layer_channels(bb.embed_dim), grid, 2, torch.float32, device)
-        for precision in ("fp32", "bf16"):
-            bf16 = precision == "bf16"
-            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
-                images = bb.normalize(x)
-                feats = bb(images)
-                cases: dict[str, Callable[[], object]] = {
-                    "backbone": lambda: bb(bb.normalize(x)),
-                    "upsampler wrc": lambda: wrc.upsample(feats, images, scale=2),
-                }
-                if not bf16:
-                    for solver, backend in itertools.product(SOLVES, ("torch", "cupy")[:1 + cuda]):
-                        def solve(solver: str = solver, backend: str = backend) -> object:
-                            with use_backend(backend):
-                                return getattr(ops, solver)(**solve_args(solver, inputs), scale=2)
-                        cases[f"solve {solver} {backend}"] = solve
-                for name, fn in cases.items():
-                    for _ in range(3):  # warm-up: kernel compilation, cuFFT plans, allocator
-                        fn()
-                    eager = (event_ms if cuda else wall_ms)(fn, args.repeats)
-                    graph = graph_ms(fn, args.repeats) if cuda else "n/a on cpu"
-                    gpu, launches, table = profile(fn, cuda)
-                    rows.append((name, batch, precision, eager, graph, gpu, launches))
-                    print(f"== {name} batch {batch} {precision}", file=log)
-                    print(table, file=log, flush=True)
-    log.close()
+    rows = []
+    with open(args.log, "w") as log:
+        for batch in (int(b) for b in args.batch.split(",")):
+            x = pixels(batch, args.size, device)
+            inputs = solve_inputs(batch, WRCUpsampler.layer_channels(bb.embed_dim), grid, 2, torch.float32, device)
+            for precision in ("fp32", "bf16"):
+                bf16 = precision == "bf16"
+                with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
+                    images = bb.normalize(x)
+                    feats = bb(images)
+                    cases: dict[str, Callable[[], object]] = {
+                        "backbone": lambda: bb(bb.normalize(x)),
+                        "upsampler wrc": lambda: wrc.upsample(feats, images, scale=2),
+                    }
+                    if not bf16:
+                        for solver, backend in itertools.product(SOLVES, ("torch", "cupy")[:1 + cuda]):
+                            def solve(solver: str = solver, backend: str = backend) -> object:
+                                with use_backend(backend):
+                                    return getattr(ops, solver)(**solve_args(solver, inputs), scale=2)
+                            cases[f"solve {solver} {backend}"] = solve
+                    for name, fn in cases.items():
+                        for _ in range(3):  # warm-up: kernel compilation, cuFFT plans, allocator
+                            fn()
+                        eager = (event_ms if cuda else wall_ms)(fn, args.repeats)
+                        graph = graph_ms(fn, args.repeats) if cuda else "n/a on cpu"
+                        gpu, launches, table = profile(fn, cuda)
+                        rows.append((name, batch, precision, eager, graph, gpu, launches))
+                        print(f"== {name} batch {batch} {precision}", file=log)
+                        print(table, file=log, flush=True)
     print(f"{'case':<24} {'batch':>5} {'prec':>5} {'eager ms':>9} {'graph ms':>9} {'gpu ms':>8} {'kernels':>8}")
     for name, batch, precision, eager, graph, gpu, launches in rows:
         graph_text = f"{graph:9.3f}" if isinstance(graph, float) else f"  {graph}"
