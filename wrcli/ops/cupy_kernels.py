@@ -40,12 +40,16 @@ def source_of(kernel: str) -> Path:
 
 
 @functools.cache
-def _function(kernel: str):
-    """The compiled kernel (one RawModule per source file, compiled once per process, cached on disk by CuPy)."""
+def _module(path: Path):
     import cupy
 
-    path = source_of(kernel)
-    return cupy.RawModule(code=path.read_text(), options=(*COMPILE_OPTIONS, f"-I{path.parent}")).get_function(kernel)
+    return cupy.RawModule(code=path.read_text(), options=(*COMPILE_OPTIONS, f"-I{path.parent}"))
+
+
+@functools.cache
+def _function(kernel: str):
+    """The compiled kernel: one module per source file, compiled once per process, cached on disk by CuPy."""
+    return _module(source_of(kernel)).get_function(kernel)
 
 
 @functools.lru_cache(maxsize=64)
