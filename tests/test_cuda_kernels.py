@@ -87,7 +87,7 @@ def host_libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
 def host(host_libraries, monkeypatch):
     """CPU tensors run the custom ops on the host build of the kernels."""
 
-    def run(kernel: str, n: int, args: tuple) -> None:
+    def run(kernel: str, n: int, args: tuple, device: torch.device) -> None:
         assert all(a.is_contiguous() and a.dtype in (torch.float32, torch.complex64) for a in args if isinstance(a, torch.Tensor))
         c_args = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else
                   ctypes.c_longlong(a) if isinstance(a, int) else ctypes.c_float(a) for a in args]

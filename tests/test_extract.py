@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from wrcli import cli
+from wrcli import cli, extract
 from wrcli.backbones import load_backbone
 from wrcli.data import ResizePolicy, load_image
 from wrcli.models import load_upsampler
@@ -339,37 +339,40 @@ def test_lean_forks_freezes_the_collector_only_inside():
     assert gc.get_freeze_count() == 0
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
-def test_run_when_idle_changes_the_calling_thread_only():
-    seen = {}
-
-    def helper():
-        run_when_idle()
-        seen["helper"] = os.sched_getscheduler(0)
-
-    thread = threading.Thread(target=helper)
+def policy_after(fn, *args) -> int:
+    """The scheduling policy of a fresh thread after it ran ``fn(*args)``."""
+    seen = []
+    thread = threading.Thread(target=lambda: (fn(*args), seen.append(os.sched_getscheduler(0))))
     thread.start()
     thread.join()
-    assert seen["helper"] == os.SCHED_IDLE and os.sched_getscheduler(0) == os.SCHED_OTHER
+    return seen[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_run_when_idle_changes_the_calling_thread_only():
+    assert policy_after(run_when_idle) == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
 def test_cpu_extract_writes_and_decodes_on_idle_time(tmp_path, vits_weights, capsys, monkeypatch):
     """On a CPU run the writer, zarr's I/O threads and the decode workers yield to the compute's threads."""
-    policies, loaders = [], []
-    monkeypatch.setattr("wrcli.extract.run_when_idle", lambda tid=0: policies.append(tid) or run_when_idle(tid))
+    writer_policy, loaders = [], []
+    write_shards = extract._ShardWriter.run
+
+    def writer_run(self):  # the writer thread's policy, read in that thread once it has written everything
+        write_shards(self)
+        writer_policy.append(os.sched_getscheduler(0))
+
+    monkeypatch.setattr(extract._ShardWriter, "run", writer_run)
     monkeypatch.setattr("wrcli.extract.DataLoader", lambda *a, **kw: loaders.append(kw) or DataLoader(*a, **kw))
     src = photos(tmp_path / "in", 3)
     out = tmp_path / "out.zarr"
     args = ["extract", str(src), str(out), *base_args(vits_weights, "--upsampler", "bilinear")]
     args[args.index("--workers") + 1] = "1"
     assert run_cli(args, capsys, monkeypatch)[0] == 0
+    assert writer_policy == [os.SCHED_IDLE]
     zarr_threads = [t.native_id for t in threading.enumerate() if t.name.startswith("zarr_")]
     assert zarr_threads and all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in zarr_threads)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
-    assert policies[0] == 0 and set(zarr_threads) <= set(policies)  # the writer itself, then zarr's threads
-    worker_init = loaders[0]["worker_init_fn"]
-    thread = threading.Thread(target=worker_init, args=(0,))  # what each decode worker runs first
-    thread.start()
-    thread.join()
-    assert policies[-1] == 0
+    assert policy_after(loaders[0]["worker_init_fn"], 0) == os.SCHED_IDLE  # what each decode worker runs first

@@ -88,8 +88,7 @@ class Upsampler(nn.Module):
         self.backbone_info: dict[str, Any] | None = None  # {"name", "arch"} of the backbone it belongs to
         self.provenance: dict[str, Any] | None = None  # training information (from a checkpoint)
         self.checkpoint: Path | None = None  # the file the weights were loaded from
-        self.batchnorm_folded = False
-        self._trained_parameters = 0  # the count before folding
+        self._trained_parameters: int | None = None  # set when BatchNorm is folded: the count before folding
 
     # -- description ---------------------------------------------------------------------------
     @property
@@ -99,6 +98,10 @@ class Upsampler(nn.Module):
     @property
     def centre(self) -> str | None:
         return None
+
+    @property
+    def batchnorm_folded(self) -> bool:
+        return self._trained_parameters is not None
 
     def num_parameters(self) -> int:
         """Parameters of the model as trained (before any BatchNorm folding)."""
@@ -126,9 +129,9 @@ class Upsampler(nn.Module):
         :func:`wrcli.models.blocks.fold_batchnorm`): the same outputs to rounding, faster. For inference only:
         a folded upsampler can be neither trained nor saved. Returns self."""
         if not self.batchnorm_folded:
-            self._trained_parameters = self.num_parameters()
+            count = self.num_parameters()
             fold_batchnorm(self.eval())
-            self.batchnorm_folded = True
+            self._trained_parameters = count
         return self
 
     def train(self, mode: bool = True) -> Upsampler:

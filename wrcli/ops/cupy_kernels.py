@@ -18,7 +18,7 @@ from torch import Tensor
 
 from wrcli.errors import WrcError
 
-Launcher = Callable[[str, int, tuple], None]
+Launcher = Callable[[str, int, tuple, torch.device], None]  # kernel, elements (> 0), arguments, their device
 BLOCK = 256
 MAX_GRID = 1 << 20  # the kernels loop grid-stride beyond this
 COMPILE_OPTIONS = ("--std=c++17",)
@@ -60,15 +60,12 @@ def _stream(stream: torch.cuda.Stream):
     return cupy.cuda.Stream.from_external(stream)
 
 
-def _cupy_launch(kernel: str, n: int, args: tuple) -> None:
+def _cupy_launch(kernel: str, n: int, args: tuple, device: torch.device) -> None:
     """Launch on torch's current stream. Tensors go in as their device pointers (8 bytes by value, what a
     pointer parameter takes), which costs less host time than a ``cupy.from_dlpack`` view of each."""
     import cupy
     import numpy as np
 
-    if n == 0:
-        return
-    device = next(a.device for a in args if isinstance(a, Tensor))
     stream = torch.cuda.current_stream(device)
     converted = tuple(
         np.uint64(a.data_ptr()) if isinstance(a, Tensor) else np.int64(a) if isinstance(a, int) else np.float32(a)
@@ -86,7 +83,8 @@ def launch(kernel: str, n: int, *args: Tensor | int | float) -> None:
     device = next(a.device for a in args if isinstance(a, Tensor))
     if device.type not in LAUNCHERS:
         raise WrcError(f"the CUDA kernels cannot run on {device.type} tensors")
-    LAUNCHERS[device.type](kernel, n, args)
+    if n > 0:
+        LAUNCHERS[device.type](kernel, n, args, device)
 
 
 def _differentiable(op, backward_op, n_tensors: int) -> None:
