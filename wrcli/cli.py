@@ -11,7 +11,8 @@ import errno
 import os
 import sys
 import traceback
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -77,18 +78,36 @@ ProbeCache = Annotated[Optional[str], typer.Option(help="Folder for the backbone
 ProbeWorkers = Annotated[int, typer.Option(min=0, help="DataLoader decoding processes.")]
 
 
-def _probe_output(report: dict, metrics: tuple[str, ...], out: str | None, json_out: bool) -> None:
-    from wrcli.eval.common import print_table, write_report
+def _command() -> str:
+    """This invocation as a shell command line (recorded in reports and stores)."""
+    from wrcli.reports import command_line
 
+    return command_line(sys.argv[1:])
+
+
+def _emit(report: dict, out: str | None, json_out: bool, table: Callable[[], Any], width: int = 80) -> None:
+    """The end of every measuring command: the report to ``--out`` (JSON, whole), then on stdout either the
+    report as one JSON line (``--json``) or ``table()`` (a rich renderable; plain text when not a terminal)."""
     if out:
+        from wrcli.reports import write_report
+
         write_report(out, report)
     if json_out:
         _print_json(report)
         return
+    from rich.console import Console
+
+    Console(file=sys.stdout, width=max(80, width)).print(table())
+
+
+def _probe_output(report: dict, metrics: tuple[str, ...], out: str | None, json_out: bool) -> None:
+    from wrcli.reports import results_table
+
     data, proto = report["dataset"], report["protocol"]
     seeds = len(proto["seeds"])
-    print_table(f"{data['name']}/{data['val']['split']} · {proto['name']} · {proto['feature_size'][0]} px · "
-                f"{seeds} seed{'s' if seeds > 1 else ''}", report["results"], metrics)
+    title = (f"{data['name']}/{data['val']['split']} · {proto['name']} · {proto['feature_size'][0]} px · "
+             f"{seeds} seed{'s' if seeds > 1 else ''}")
+    _emit(report, out, json_out, lambda: results_table(title, report["results"], metrics), 14 * (len(metrics) + 1))
 
 
 @eval_app.command("seg")
