@@ -1,4 +1,5 @@
-"""Feature stores: round trips, resume, crash safety, concurrency, plain zarr/h5py/xarray/dask reading, disk cost."""
+"""Feature stores: the backend contract, round trips, resume and its mismatch message, crash safety, concurrency,
+plain zarr/h5py/xarray/dask reading, disk cost."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from zarr.storage import LocalStore
 
 from wrcli.errors import WrcError
 from wrcli.stores import (
-    ImageRecord, StoreSpec, create_store, finalize_store, open_store, open_writer, store_format, summary,
+    BACKENDS, ImageRecord, StoreBackend, StoreSpec, create_store, finalize_store, open_store, open_writer,
+    store_format, summary,
 )
+from wrcli.stores.base import stored_metadata
+from wrcli.stores.mismatch import difference
 
 SUFFIXES = [".zarr", ".h5"]
 FAILED = {2, 5}
@@ -89,6 +93,89 @@ def assert_matches(path: Path, spec: StoreSpec, feats: np.ndarray, records: list
             got = store.features(i)
             assert got.dtype == np.dtype(spec.dtype) and got.shape == (spec.channels, h, w)
             np.testing.assert_array_equal(got, feats[i, :, :h, :w])
+
+
+# -- the backend contract --------------------------------------------------------------------------------------------
+
+CONTRACT = {"format", "suffixes", "paths", "detect", "existing", "ensure", "read_metadata", "open_writer", "finalize",
+            "state", "open_reader"}
+FORMATS = sorted(BACKENDS)
+
+
+def test_every_backend_implements_the_whole_contract():
+    assert StoreBackend.__abstractmethods__ == CONTRACT
+    assert {type(b) for b in BACKENDS.values()} == set(StoreBackend.__subclasses__())
+    for name, backend in BACKENDS.items():
+        assert backend.format == name and backend.suffixes and all(s == s.lower() for s in backend.suffixes)
+        assert CONTRACT <= set(vars(type(backend))), f"{name} inherits part of the contract"
+    assert store_format("x" + BACKENDS["hdf5"].suffixes[-1]) == "hdf5"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_backend_protocol(tmp_path, fmt):
+    """One extraction through the backend's methods alone; its paths() hold every byte, remove() all of them."""
+    backend, spec = BACKENDS[fmt], make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / "out.store"
+    assert backend.existing(path) == [] and not backend.exists(path) and not backend.detect(path)
+    metadata = stored_metadata(spec)
+    backend.ensure(path, spec, metadata)
+    backend.ensure(path, spec, metadata)  # idempotent
+    assert backend.detect(path) and backend.read_metadata(path) == metadata
+    with backend.open_writer(path, spec) as writer:
+        writer.write_shard(*shard_args(spec, feats, records, 1))
+    state = backend.state(path)
+    assert (state.done, state.finalized, state.columns["status"].tolist()) == ({1}, False, [0, 0, 0, 1, 1, 2, 0])
+    with pytest.raises(WrcError, match=r"2 of 3 shards are not written \(0, 2\)"):
+        backend.finalize(path)
+    with backend.open_writer(path, spec) as writer:
+        for k in (0, 2):
+            writer.write_shard(*shard_args(spec, feats, records, k))
+    backend.finalize(path)
+    assert backend.state(path).finalized and backend.state(path).metadata["store"]["ok"] == 5
+    assert backend.existing(path) and all(found["fingerprint"] == "fp-1" for found in backend.existing(path))
+    with backend.open_reader(path) as reader:
+        assert reader.format == fmt and reader.records == records
+    on_disk = {p for p in tmp_path.rglob("*") if p.is_file()}
+    assert on_disk and all(any(root in p.parents or p == root for root in backend.paths(path)) for p in on_disk)
+    backend.remove(path)
+    assert not backend.exists(path) and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_store_is_detected_as_its_format_only(tmp_path, fmt):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / "features.store"
+    create_store(path, spec, format=fmt)
+    detected = [b.format for b in BACKENDS.values() if b.detect(path)]
+    assert (detected, summary(path)["format"], summary(path)["finalized"]) == ([fmt], fmt, False)
+    write(path, spec, feats, records)  # resumes it: the format is found on disk
+    detected = [b.format for b in BACKENDS.values() if b.detect(path)]
+    assert (detected, summary(path)["format"], summary(path)["finalized"]) == ([fmt], fmt, True)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_backend_refuses_a_foreign_folder_or_file(tmp_path, fmt):
+    backend = BACKENDS[fmt]
+    folder, file = tmp_path / "folder", tmp_path / "file"
+    folder.mkdir()
+    (folder / "zarr.json").write_text('{"node_type": "group", "attributes": {}}')  # a plain zarr group
+    file.write_text("precious")
+    for path in (folder, file):
+        with pytest.raises(WrcError, match="exists and is not a wrcli store"):
+            backend.existing(path)
+        with pytest.raises(WrcError, match="is not a wrcli feature store"):
+            backend.read_metadata(path)
+    assert (folder / "zarr.json").is_file() and file.read_text() == "precious"
+
+
+def test_a_foreign_folder_with_an_odd_name_is_no_format(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("precious")
+    with pytest.raises(WrcError, match="cannot tell the store format"):
+        create_store(tmp_path / "notes", make_spec())
+    assert (tmp_path / "notes" / "a.txt").read_text() == "precious"
 
 
 # -- round trips and plain readers -----------------------------------------------------------------------------------
@@ -196,11 +283,11 @@ def test_resume_and_overwrite(tmp_path, suffix):
     assert done(path, spec) == {0, 2}
 
     other = make_spec(fingerprint="fp-2", upsampler="bilinear", created="later", options={"batch_size": 8})
-    with pytest.raises(WrcError, match=r"other settings \(upsampler: wrc ≠ bilinear\).*--overwrite"):
+    with pytest.raises(WrcError, match=r"other settings \(--upsampler wrc ≠ bilinear\).*--overwrite"):
         create_store(path, other)
     with pytest.raises(WrcError, match="another image list.*--overwrite"):
         create_store(path, make_spec(images_sha256="img-2"))
-    with pytest.raises(WrcError, match=r"shard_size: 3 ≠ 4"):
+    with pytest.raises(WrcError, match=r"other settings \(--shard-size 3 ≠ 4\)"):
         create_store(path, make_spec(shard=4))
     with pytest.raises(WrcError, match="settings the store was created with"):
         open_writer(path, other)
@@ -209,6 +296,80 @@ def test_resume_and_overwrite(tmp_path, suffix):
     create_store(path, other, overwrite=True)
     assert done(path, other) == set()
     assert summary(path)["upsampler"] == "bilinear"
+
+
+def extract_spec(size: int = 448, crop: bool = False, max_side: int | None = None, scale: int = 2,
+                 out_size: tuple[int, int] | None = None, backbone: str = "vit_small_patch14_dinov2.lvd142m",
+                 layers: tuple[int, ...] = (11,), upsampler: str = "wrc", dtype: str = "float16",
+                 shard_size: int | None = None, version: str = "0.4.0", height: int | None = None,
+                 channels: int | None = None, **metadata) -> StoreSpec:
+    """A spec shaped like the one ``wrc extract`` builds (a ViT-S/14, or a ViT-B/16 when ``backbone`` says so);
+    ``height`` and ``channels`` replace the layout's own, ``metadata`` adds to it."""
+    patch, width = (16, 768) if "base_patch16" in backbone else (14, 384)
+    max_side = max_side or 2 * size
+    side = min(size, max_side) if crop else max_side
+    height = height or (out_size[0] if out_size else side // patch * scale)
+    channels = channels or width * len(layers)
+    image_bytes = channels * height * height * np.dtype(dtype).itemsize
+    shard_size = shard_size or max(1, min(256, (64 << 20) // image_bytes))
+    settings = {
+        "wrcli_version": version,
+        "backbone": {"name": backbone, "arch": backbone.split(".")[0], "patch_size": patch, "embed_dim": width,
+                     "layers": list(layers), "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                     "weights_sha256": f"{width}" * 16},
+        "upsampler": {"name": upsampler, "checkpoint": None, "checkpoint_sha256": None, "config": {"dim": width}},
+        "scale": None if out_size else scale, "out_size": list(out_size) if out_size else None,
+        "resize": {"size": size, "patch": patch, "crop": crop, "max_side": max_side, "min_side": patch,
+                   "resample": "lanczos"},
+        "normalisation": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "on": "device"},
+        "dtype": dtype, "shard_size": shard_size,
+    }
+    metadata = {**settings, "fingerprint": json.dumps(settings, sort_keys=True), "images_sha256": "img-1",
+                "created": "2026-12-03T10:00:00", "command_line": "wrc extract in out.zarr",
+                "options": {"batch_size": 8}, **metadata}
+    return StoreSpec(7, channels, height, height, dtype, shard_size, metadata)
+
+
+MODEL_S, MODEL_B = "vit_small_patch14_dinov2.lvd142m", "vit_base_patch16_clip_224.openai"
+
+
+@pytest.mark.parametrize("old, new, shown", [
+    ({}, {"size": 224}, "--size 448 ≠ 224"),
+    ({"shard_size": 40}, {"shard_size": 10}, "--shard-size 40 ≠ 10"),
+    ({}, {"dtype": "float32"}, "--dtype float16 ≠ float32"),
+    ({}, {"backbone": MODEL_B, "upsampler": "bilinear"}, f"--backbone {MODEL_S} ≠ {MODEL_B}"),
+    ({}, {"layers": (5, 11)}, "--layers 11 ≠ 5,11"),
+    ({}, {"out_size": (64, 64)}, "--out-size unset ≠ 64x64"),
+    ({}, {"crop": True}, "--crop off ≠ on"),
+    ({}, {"max_side": 600}, "--max-side 896 ≠ 600"),
+    ({}, {"upsampler": "bilinear"}, "--upsampler wrc ≠ bilinear"),
+    ({}, {"version": "0.5.0"}, "wrcli version 0.4.0 ≠ 0.5.0"),
+    ({}, {"size": 224, "dtype": "float32", "upsampler": "bilinear", "scale": 4},
+     "--upsampler wrc ≠ bilinear; --scale 2 ≠ 4; --size 448 ≠ 224"),
+    ({}, {"height": 32}, "feature height 128 ≠ 32 (--size/--crop/--max-side/--scale/--out-size)"),
+    ({}, {"channels": 768}, "channels 384 ≠ 768 (--backbone/--layers)"),
+])
+def test_the_mismatch_message_names_the_users_options(old, new, shown):
+    message = difference(stored_metadata(extract_spec(**old)), stored_metadata(extract_spec(**new)))
+    assert message == f"was made with other settings ({shown})"
+
+
+def test_the_mismatch_message_without_a_known_option():
+    old, new = (stored_metadata(make_spec(fingerprint=f"fp-{i}", note=i)) for i in (1, 2))
+    assert difference(old, new) == "was made with other settings (note: 1 ≠ 2)"
+    old, new = (stored_metadata(make_spec(fingerprint=f"fp-{i}")) for i in (1, 2))
+    assert difference(old, new) == "was made with other settings (fingerprint: fp-1 ≠ fp-2)"
+    rerun = stored_metadata(extract_spec(created="2026-12-04", command_line="wrc extract in/ out.zarr"))
+    assert difference(stored_metadata(extract_spec()), rerun) is None
+
+
+def test_a_rerun_with_another_size_says_so(tmp_path):
+    path = tmp_path / "out.zarr"
+    create_store(path, extract_spec())
+    with pytest.raises(WrcError) as info:
+        create_store(path, extract_spec(size=224))
+    assert str(info.value) == (f"{path} was made with other settings (--size 448 ≠ 224); "
+                               "use --overwrite to replace it, or another OUT")
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
@@ -371,6 +532,7 @@ def _run(*processes) -> list[int]:
     return [p.exitcode for p in processes]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix, point", [(".zarr", "status"), (".zarr", "shard_done"),
                                            (".h5", "second image"), (".h5", "rename")])
 def test_killed_writer_leaves_a_resumable_store(tmp_path, suffix, point):

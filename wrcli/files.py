@@ -24,19 +24,25 @@ def tmp_sibling(path: Path) -> Path:
 def remove_stale_tmps(path: Path) -> None:
     """Remove the files :func:`tmp_sibling` names for ``path`` (left by killed processes)."""
     for stale in path.parent.glob(f".{path.name}{TMP_TAG}*"):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink(missing_ok=True)
+        _remove(stale)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder tree (nothing when it is missing)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextmanager
 def atomic_write(path: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
     """``with atomic_write(p) as tmp: write tmp`` — then ``tmp`` replaces ``p`` in one rename.
 
-    Readers see the old file or the whole new one, never a part. On an exception (a full disk, Ctrl-C) the
-    temporary file is removed and ``p`` is untouched. ``durable`` flushes the file and its folder to stable
-    storage before and after the rename (for the done markers of resumable work). The parent folder is made.
+    ``tmp`` may be made a file or a folder (``p`` then must be missing or an empty folder). Readers see the old
+    ``p`` or the whole new one, never a part. On an exception (a full disk, Ctrl-C) ``tmp`` is removed and ``p``
+    is untouched. ``durable`` flushes ``tmp`` and its folder to stable storage before and after the rename (for
+    the done markers of resumable work). The parent folder is made.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +53,7 @@ def atomic_write(path: str | os.PathLike, *, durable: bool = False) -> Iterator[
             fsync([tmp])
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     if durable:
         fsync([path])

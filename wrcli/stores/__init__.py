@@ -11,38 +11,41 @@ Protocol for one extraction (any number of processes; shards are assigned static
     finalize_store(out)                     # rank 0 only, once all shards are done
 
 Readers: ``with open_store(out) as s: for name, feats in s: ...``; ``summary(out)`` for ``wrc info``.
-The on-disk layouts are documented in :mod:`wrcli.stores.zarr_store` and :mod:`wrcli.stores.hdf5_store`.
+The on-disk layouts are documented in :mod:`wrcli.stores.zarr_store` and :mod:`wrcli.stores.hdf5_store`; each
+implements :class:`wrcli.stores.backend.StoreBackend`, and :data:`BACKENDS` (format name → backend) is the only
+place that lists them.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import ModuleType
 
 from wrcli.errors import WrcError
-from wrcli.stores import hdf5_store, zarr_store
-from wrcli.stores.base import (
-    ImageRecord, StoreReader, StoreSpec, StoreWriter, difference, remove_stale_tmps, stored_metadata, summarize,
-)
+from wrcli.files import remove_stale_tmps
+from wrcli.stores.backend import StoreBackend
+from wrcli.stores.base import ImageRecord, StoreReader, StoreSpec, StoreWriter, stored_metadata, summarize
+from wrcli.stores.hdf5_store import Hdf5Backend
+from wrcli.stores.mismatch import difference
+from wrcli.stores.zarr_store import ZarrBackend
 
-__all__ = ["ImageRecord", "StoreReader", "StoreSpec", "StoreWriter", "create_store", "finalize_store", "open_store",
-           "open_writer", "store_format", "summary"]
+__all__ = ["BACKENDS", "ImageRecord", "StoreBackend", "StoreReader", "StoreSpec", "StoreWriter", "create_store",
+           "finalize_store", "open_store", "open_writer", "store_format", "summary"]
 
-_BACKENDS: dict[str, ModuleType] = {"zarr": zarr_store, "hdf5": hdf5_store}
-_SUFFIXES = {".zarr": "zarr", ".h5": "hdf5", ".hdf5": "hdf5"}
-_WRITERS = {"zarr": zarr_store.ZarrWriter, "hdf5": hdf5_store.Hdf5Writer}
+BACKENDS: dict[str, StoreBackend] = {b.format: b for b in (ZarrBackend(), Hdf5Backend())}
+_SUFFIXES = {suffix: b.format for b in BACKENDS.values() for suffix in b.suffixes}
 
 
 def store_format(path: str | os.PathLike, format: str | None = None) -> str:
     """``"zarr"`` or ``"hdf5"``: the explicit ``format`` if given, else from the suffix of ``path``."""
     if format is not None:
-        if format not in _BACKENDS:
-            raise WrcError(f"unknown store format {format!r}; use zarr or hdf5")
+        if format not in BACKENDS:
+            raise WrcError(f"unknown store format {format!r}; use {' or '.join(BACKENDS)}")
         return format
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise WrcError(f"cannot tell the store format of {path}; name it *.zarr or *.h5, or pass --format zarr|hdf5")
+        names, formats = " or ".join(f"*{b.suffixes[0]}" for b in BACKENDS.values()), "|".join(BACKENDS)
+        raise WrcError(f"cannot tell the store format of {path}; name it {names}, or pass --format {formats}")
     return _SUFFIXES[suffix]
 
 
@@ -54,7 +57,7 @@ def create_store(path: str | os.PathLike, spec: StoreSpec, *, overwrite: bool = 
     exists at ``path`` (except an empty directory) is never deleted.
     """
     path = Path(path)
-    backend = _BACKENDS[_format_of(path, format)]
+    backend = _backend_of(path, format)
     metadata = stored_metadata(spec)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,46 +77,43 @@ def create_store(path: str | os.PathLike, spec: StoreSpec, *, overwrite: bool = 
 def open_writer(path: str | os.PathLike, spec: StoreSpec) -> StoreWriter:
     """A writer for a store made by :func:`create_store` with the same settings (any rank)."""
     path = Path(path)
-    fmt = _existing_format(path)
-    reason = difference(_BACKENDS[fmt].read_metadata(path), stored_metadata(spec))
+    backend = _existing_backend(path)
+    reason = difference(backend.read_metadata(path), stored_metadata(spec))
     if reason:
         raise WrcError(f"{path} {reason}; every process must use the settings the store was created with")
-    return _WRITERS[fmt](path, spec)
+    return backend.open_writer(path, spec)
 
 
 def finalize_store(path: str | os.PathLike) -> dict:
     """Seal a store whose shards are all done (rank 0); idempotent. Returns :func:`summary`."""
     path = Path(path)
-    _BACKENDS[_existing_format(path)].finalize(path)
+    _existing_backend(path).finalize(path)
     return summary(path)
 
 
 def open_store(path: str | os.PathLike) -> StoreReader:
     """Open a finished store for reading (a context manager)."""
     path = Path(path)
-    return _BACKENDS[_existing_format(path)].open_reader(path)
+    return _existing_backend(path).open_reader(path)
 
 
 def summary(path: str | os.PathLike) -> dict:
     """What ``wrc info`` shows: counts, first failures, progress, shape, dtype, bytes on disk, main settings."""
     path = Path(path)
-    fmt = _existing_format(path)
-    metadata, columns, done, finalized = _BACKENDS[fmt].state(path)
-    disk = [path, hdf5_store.parts_dir(path)] if fmt == "hdf5" else [path]
-    return summarize(path, fmt, metadata, columns, done, finalized, disk)
+    backend = _existing_backend(path)
+    return summarize(path, backend.format, backend.state(path), backend.paths(path))
 
 
-def _format_of(path: Path, format: str | None = None) -> str:
-    """The explicit format, else the one the suffix names, else what is on disk."""
+def _backend_of(path: Path, format: str | None = None) -> StoreBackend:
+    """The explicit format's backend, else the suffix's, else the first that detects its layout at ``path``."""
     if format is None and path.suffix.lower() not in _SUFFIXES:
-        if (path / "zarr.json").is_file():
-            return "zarr"
-        if path.is_file() or hdf5_store.parts_dir(path).is_dir():
-            return "hdf5"
-    return store_format(path, format)
+        detected = next((b for b in BACKENDS.values() if b.detect(path)), None)
+        if detected is not None:
+            return detected
+    return BACKENDS[store_format(path, format)]
 
 
-def _existing_format(path: Path) -> str:
-    if not (path.exists() or hdf5_store.parts_dir(path).exists()):
+def _existing_backend(path: Path) -> StoreBackend:
+    if not any(b.exists(path) for b in BACKENDS.values()):
         raise WrcError(f"{path} does not exist; check the path")
-    return _format_of(path)
+    return _backend_of(path)

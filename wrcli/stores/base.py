@@ -1,4 +1,4 @@
-"""Format-independent parts of the feature stores: spec, records, metadata checks, reader, file helpers."""
+"""Format-independent parts of the feature stores: spec, records, writer and reader bases, summary, file helpers."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from wrcli.defaults import STORE_DTYPES
 from wrcli.errors import WrcError
+from wrcli.files import tmp_sibling
 
-DTYPES = ("float16", "float32")
 FEATURE_DIMS = ("image", "channel", "y", "x")
 PENDING, OK, FAILED = 0, 1, 2
 STATUS_ATTRS = {"flag_values": [PENDING, OK, FAILED], "flag_meanings": "pending ok failed"}
@@ -30,9 +31,6 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], tuple[str, ...]]] = {
     "error": ("str", (), ("image",)),
 }
 LAYOUT_KEYS = ("n_images", "channels", "height", "width", "dtype", "shard_size")
-# Top-level metadata keys that may change between two runs of the same extraction (never reported as a difference).
-VOLATILE_KEYS = frozenset({"created", "command_line", "options", "source", "version", "store"})
-TMP_TAG = ".wrc-tmp-"
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,8 @@ class StoreSpec:
         for name in ("n_images", "channels", "height", "width", "shard_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"StoreSpec.{name} must be >= 1, got {getattr(self, name)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"StoreSpec.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype not in STORE_DTYPES:
+            raise ValueError(f"StoreSpec.dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
         for key in ("fingerprint", "images_sha256"):
             if key not in self.metadata:
                 raise ValueError(f"StoreSpec.metadata needs {key!r}")
@@ -80,6 +78,16 @@ class ImageRecord:
     @property
     def ok(self) -> bool:
         return not self.error
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What a store holds now, finished or not: its metadata, per-image columns, done shards, whether finalized."""
+
+    metadata: dict
+    columns: dict[str, np.ndarray]
+    done: set[int]
+    finalized: bool
 
 
 class StoreWriter(ABC):
@@ -161,37 +169,6 @@ def is_wrc_metadata(metadata: object) -> bool:
     return isinstance(metadata, dict) and "fingerprint" in metadata and isinstance(metadata.get("store"), dict)
 
 
-def difference(old: dict, new: dict) -> str | None:
-    """How the store described by ``old`` differs from the one ``new`` asks for (None when it can be resumed)."""
-    if old.get("images_sha256") != new.get("images_sha256"):
-        n_old, n_new = old["store"].get("n_images"), new["store"]["n_images"]
-        counts = f"{n_old} images, now {n_new}" if n_old != n_new else "same count, other names or order"
-        return f"holds another image list ({counts})"
-    layout_diff = [(k, old["store"].get(k), new["store"][k]) for k in LAYOUT_KEYS
-                   if old["store"].get(k) != new["store"][k]]
-    if old.get("fingerprint") == new.get("fingerprint") and not layout_diff:
-        return None
-    old_user = {k: v for k, v in old.items() if k not in VOLATILE_KEYS}
-    new_user = {k: v for k, v in new.items() if k not in VOLATILE_KEYS}
-    diffs = [(k, a, b) for k, a, b in _leaf_diff(old_user, new_user) if k not in ("fingerprint", "images_sha256")]
-    diffs += layout_diff
-    shown = "; ".join(f"{k}: {_show(a)} ≠ {_show(b)}" for k, a, b in diffs[:3]) or (
-        f"fingerprint: {_show(old.get('fingerprint'))} ≠ {_show(new.get('fingerprint'))}")
-    return f"was made with other settings ({shown})"
-
-
-def _leaf_diff(a: object, b: object, prefix: str = "") -> list[tuple[str, object, object]]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for key in sorted(set(a) | set(b), key=str)
-                for d in _leaf_diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))]
-    return [] if a == b else [(prefix, a, b)]
-
-
-def _show(value: object) -> str:
-    text = value if isinstance(value, str) and value.isprintable() else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def foreign_error(path: Path) -> WrcError:
     return WrcError(f"{path} exists and is not a wrcli store; move it away or choose another OUT "
                     "(it is never deleted, even with --overwrite)")
@@ -237,9 +214,9 @@ def records_from_columns(columns: dict[str, np.ndarray]) -> list[ImageRecord]:
             for name, o, i, f, e in zip(columns["path"], orig, input_, feat, columns["error"])]
 
 
-def summarize(path: Path, format: str, metadata: dict, columns: dict[str, np.ndarray], done: set[int],
-              finalized: bool, paths: Sequence[Path], n_failures: int = 5) -> dict:
-    """The ``wrc info`` dictionary."""
+def summarize(path: Path, format: str, state: StoreState, paths: Sequence[Path], n_failures: int = 5) -> dict:
+    """The ``wrc info`` dictionary of the store at ``path``, whose bytes are under ``paths``."""
+    metadata, columns = state.metadata, state.columns
     spec = spec_from_metadata(metadata)
     status = columns["status"]
     failed = np.flatnonzero(status == FAILED)[:n_failures]
@@ -251,9 +228,9 @@ def summarize(path: Path, format: str, metadata: dict, columns: dict[str, np.nda
         "failed": int((status == FAILED).sum()),
         "pending": int((status == PENDING).sum()),
         "failures": [{"name": str(columns["path"][i]), "error": str(columns["error"][i])} for i in failed],
-        "complete": len(done) == spec.n_shards,
-        "finalized": finalized,
-        "done_shards": len(done),
+        "complete": len(state.done) == spec.n_shards,
+        "finalized": state.finalized,
+        "done_shards": len(state.done),
         "n_shards": spec.n_shards,
         "shape": [spec.n_images, spec.channels, spec.height, spec.width],
         "dtype": spec.dtype,
@@ -264,21 +241,10 @@ def summarize(path: Path, format: str, metadata: dict, columns: dict[str, np.nda
 
 # -- files -----------------------------------------------------------------------------------------------------------
 
-def tmp_sibling(path: Path) -> Path:
-    """A hidden name next to ``path`` for building it before an atomic rename."""
-    return path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
-
-
-def remove_stale_tmps(path: Path) -> None:
-    """Remove what :func:`tmp_sibling` left behind for ``path`` (from a killed process)."""
-    for stale in path.parent.glob(f".{path.name}{TMP_TAG}*"):
-        discard(stale)
-
-
 def discard(path: Path) -> None:
     """Delete a file or directory tree; a tree is first renamed away so a crash never leaves half of it."""
     if path.is_dir() and not path.is_symlink():
-        trash = tmp_sibling(path) if TMP_TAG not in path.name else path
+        trash = tmp_sibling(path)  # what a killed removal leaves, files.remove_stale_tmps finds
         os.replace(path, trash)
         shutil.rmtree(trash)
     else:
@@ -287,25 +253,6 @@ def discard(path: Path) -> None:
 
 def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
-
-
-def fsync(paths: Sequence[Path]) -> None:
-    """Flush files (and then their directories) to stable storage; missing files are skipped."""
-    dirs = []
-    for p in paths:
-        if p.exists():
-            _fsync_one(p)
-            dirs.append(p.parent)
-    for d in dict.fromkeys(dirs):
-        _fsync_one(d)
-
-
-def _fsync_one(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def disk_bytes(*paths: Path) -> int:

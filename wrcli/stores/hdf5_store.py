@@ -23,7 +23,6 @@ some cluster file systems).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,13 +31,14 @@ import h5py
 import numpy as np
 
 from wrcli.errors import WrcError
+from wrcli.files import TMP_TAG, atomic_write, remove_stale_tmps
+from wrcli.stores.backend import StoreBackend
 from wrcli.stores.base import (
-    COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, TMP_TAG, ImageRecord, StoreReader, StoreSpec, StoreWriter,
-    check_shard, columns_from_records, discard, foreign_error, fsync, incomplete_error, is_empty_dir,
-    is_wrc_metadata, remove_stale_tmps, spec_from_metadata, tmp_sibling, unfinished_error,
+    COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter,
+    check_shard, columns_from_records, foreign_error, incomplete_error, is_empty_dir, is_wrc_metadata,
+    spec_from_metadata, unfinished_error,
 )
 
-FORMAT = "hdf5"
 _PART = re.compile(r"shard-(\d{8})\.h5")
 _TEXT = h5py.string_dtype("utf-8")
 
@@ -51,47 +51,93 @@ def part_name(k: int) -> str:
     return f"shard-{k:08d}.h5"
 
 
-def existing(path: Path) -> list[dict]:
-    """The ``wrc`` metadata found in ``OUT.parts/`` and ``OUT`` ([] when neither exists); WrcError if foreign."""
-    found = []
-    parts = parts_dir(path)
-    if (parts.exists() or parts.is_symlink()) and not is_empty_dir(parts):
-        metadata = _read_json(parts / "wrc.json")
+class Hdf5Backend(StoreBackend):
+    """An HDF5 index file ``OUT`` over the part files in ``OUT.parts/`` (layout above)."""
+
+    format = "hdf5"
+    suffixes = (".h5", ".hdf5")
+
+    def paths(self, path: Path) -> list[Path]:
+        return [path, parts_dir(path)]
+
+    def detect(self, path: Path) -> bool:
+        return path.is_file() or parts_dir(path).is_dir()
+
+    def existing(self, path: Path) -> list[dict]:
+        """The ``wrc`` metadata found in ``OUT.parts/`` and in ``OUT``."""
+        found = []
+        for where, read in ((parts_dir(path), lambda p: _read_json(p / "wrc.json")), (path, _index_metadata)):
+            if (where.exists() or where.is_symlink()) and not is_empty_dir(where):
+                metadata = read(where)
+                if metadata is None:
+                    raise foreign_error(where)
+                found.append(metadata)
+        return found
+
+    def read_metadata(self, path: Path) -> dict:
+        metadata = _read_json(parts_dir(path) / "wrc.json")
         if metadata is None:
-            raise foreign_error(parts)
-        found.append(metadata)
-    if (path.exists() or path.is_symlink()) and not is_empty_dir(path):
+            raise WrcError(f"{path} is not a wrcli feature store (no {parts_dir(path).name}/wrc.json); check the path")
+        return metadata
+
+    def ensure(self, path: Path, spec: StoreSpec, metadata: dict) -> None:
+        """Create ``OUT.parts/`` holding ``wrc.json`` unless it exists (``OUT`` is written by finalize)."""
+        if is_empty_dir(path):
+            path.rmdir()
+        parts = parts_dir(path)
+        if (parts / "wrc.json").is_file():
+            return
+        remove_stale_tmps(parts)
+        with atomic_write(parts) as tmp:
+            tmp.mkdir()
+            (tmp / "wrc.json").write_text(json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    def open_writer(self, path: Path, spec: StoreSpec) -> Hdf5Writer:
+        return Hdf5Writer(path, spec)
+
+    def finalize(self, path: Path) -> None:
+        """Check that every part exists, drop temporaries of killed writers, write ``OUT`` (temporary name + rename)."""
+        parts = parts_dir(path)
+        metadata = self.read_metadata(path)
+        spec = spec_from_metadata(metadata)
+        missing = sorted(set(range(spec.n_shards)) - _done(parts, spec))
+        if missing:
+            raise incomplete_error(path, missing, spec.n_shards)
+        for stale in parts.glob(f".shard-*{TMP_TAG}*"):
+            stale.unlink()
+        remove_stale_tmps(path)
+        columns = _gather(parts, spec, set(range(spec.n_shards)))
+        status = columns["status"]
+        metadata["store"] = {**metadata["store"], "ok": int((status == OK).sum()),
+                             "failed": int((status == FAILED).sum())}
+        with atomic_write(path, durable=True) as tmp:
+            _write_index(tmp, spec, metadata, columns, parts.name)
+
+    def state(self, path: Path) -> StoreState:
+        """Works before finalize too (the columns are then gathered from the done parts)."""
+        parts = parts_dir(path)
+        index = _index_metadata(path)
+        metadata = index or self.read_metadata(path)
+        spec = spec_from_metadata(metadata)
+        done = _done(parts, spec) if parts.is_dir() else set()
+        if index is None:
+            return StoreState(metadata, _gather(parts, spec, done), done, finalized=False)
+        with h5py.File(path, "r") as f:
+            return StoreState(metadata, _read_columns(f), done, finalized=True)
+
+    def open_reader(self, path: Path) -> StoreReader:
         metadata = _index_metadata(path)
         if metadata is None:
-            raise foreign_error(path)
-        found.append(metadata)
-    return found
-
-
-def ensure(path: Path, spec: StoreSpec, metadata: dict) -> None:
-    """Create ``OUT.parts/`` with ``wrc.json`` unless it exists (built under a temporary name, then renamed)."""
-    if is_empty_dir(path):
-        path.rmdir()
-    parts = parts_dir(path)
-    if (parts / "wrc.json").is_file():
-        return
-    remove_stale_tmps(parts)
-    tmp = tmp_sibling(parts)
-    tmp.mkdir()
-    (tmp / "wrc.json").write_text(json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, parts)
-
-
-def remove(path: Path) -> None:
-    discard(path)
-    discard(parts_dir(path))
-
-
-def read_metadata(path: Path) -> dict:
-    metadata = _read_json(parts_dir(path) / "wrc.json")
-    if metadata is None:
-        raise WrcError(f"{path} is not a wrcli feature store (no {parts_dir(path).name}/wrc.json); check the path")
-    return metadata
+            self.read_metadata(path)  # not a store at all, or
+            raise unfinished_error(path)
+        spec = spec_from_metadata(metadata)
+        parts = parts_dir(path)
+        missing = spec.n_shards - len(_done(parts, spec) if parts.is_dir() else ())
+        if missing:
+            raise WrcError(f"{path} reads its features from {parts.name}/, where {missing} of {spec.n_shards} part "
+                           f"files are missing; keep {parts.name}/ next to {path.name}")
+        f = h5py.File(path, "r")
+        return StoreReader(path, self.format, metadata, _read_columns(f), f["features"], close=f.close)
 
 
 class Hdf5Writer(StoreWriter):
@@ -108,67 +154,8 @@ class Hdf5Writer(StoreWriter):
         check_shard(self.spec, k, features, records)
         final = self._parts / part_name(k)
         remove_stale_tmps(final)  # left by a writer of this shard that was killed
-        tmp = tmp_sibling(final)
-        try:
+        with atomic_write(final, durable=True) as tmp:
             _write_part(tmp, features, records)
-            fsync([tmp])
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync([final])
-
-
-def finalize(path: Path) -> None:
-    """Check that every part exists, drop temporaries of killed writers, write ``OUT`` (temporary name + rename)."""
-    parts = parts_dir(path)
-    metadata = read_metadata(path)
-    spec = spec_from_metadata(metadata)
-    missing = sorted(set(range(spec.n_shards)) - _done(parts, spec))
-    if missing:
-        raise incomplete_error(path, missing, spec.n_shards)
-    for stale in parts.glob(f".shard-*{TMP_TAG}*"):
-        stale.unlink()
-    remove_stale_tmps(path)
-    columns = _gather(parts, spec, set(range(spec.n_shards)))
-    status = columns["status"]
-    metadata["store"] = {**metadata["store"], "ok": int((status == OK).sum()), "failed": int((status == FAILED).sum())}
-    tmp = tmp_sibling(path)
-    try:
-        _write_index(tmp, spec, metadata, columns, parts.name)
-        fsync([tmp])
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def state(path: Path) -> tuple[dict, dict[str, np.ndarray], set[int], bool]:
-    """(metadata, per-image columns, done shards, finalized) for ``summary``; works before finalize too."""
-    parts = parts_dir(path)
-    index = _index_metadata(path)
-    metadata = index or read_metadata(path)
-    spec = spec_from_metadata(metadata)
-    done = _done(parts, spec) if parts.is_dir() else set()
-    if index is None:
-        return metadata, _gather(parts, spec, done), done, False
-    with h5py.File(path, "r") as f:
-        return metadata, _read_columns(f), done, True
-
-
-def open_reader(path: Path) -> StoreReader:
-    metadata = _index_metadata(path)
-    if metadata is None:
-        read_metadata(path)  # not a store at all, or
-        raise unfinished_error(path)
-    spec = spec_from_metadata(metadata)
-    parts = parts_dir(path)
-    missing = spec.n_shards - len(_done(parts, spec) if parts.is_dir() else ())
-    if missing:
-        raise WrcError(f"{path} reads its features from {parts.name}/, where {missing} of {spec.n_shards} part "
-                       f"files are missing; keep {parts.name}/ next to {path.name}")
-    f = h5py.File(path, "r")
-    return StoreReader(path, FORMAT, metadata, _read_columns(f), f["features"], close=f.close)
 
 
 def _done(parts: Path, spec: StoreSpec) -> set[int]:

@@ -19,7 +19,6 @@ Per-image arrays are chunked by shard, so every object belongs to exactly one sh
 from __future__ import annotations
 
 import json
-import os
 import threading
 import warnings
 from collections.abc import Sequence
@@ -31,32 +30,92 @@ from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
 from wrcli.errors import WrcError
+from wrcli.files import atomic_write, fsync
+from wrcli.stores.backend import StoreBackend
 from wrcli.stores.base import (
-    COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, ImageRecord, StoreReader, StoreSpec, StoreWriter, check_shard,
-    columns_from_records, discard, foreign_error, fsync, incomplete_error, is_empty_dir, is_wrc_metadata,
-    spec_from_metadata, tmp_sibling, unfinished_error,
+    COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter,
+    check_shard, columns_from_records, foreign_error, incomplete_error, is_empty_dir, is_wrc_metadata,
+    spec_from_metadata, unfinished_error,
 )
 
-FORMAT = "zarr"
+
+class ZarrBackend(StoreBackend):
+    """A Zarr v3 directory store (layout above)."""
+
+    format = "zarr"
+    suffixes = (".zarr",)
+
+    def paths(self, path: Path) -> list[Path]:
+        return [path]
+
+    def detect(self, path: Path) -> bool:
+        return (path / "zarr.json").is_file()
+
+    def existing(self, path: Path) -> list[dict]:
+        if not (path.exists() or path.is_symlink()) or is_empty_dir(path):
+            return []
+        metadata = _read_wrc(path)
+        if metadata is None:
+            raise foreign_error(path)
+        return [metadata]
+
+    def read_metadata(self, path: Path) -> dict:
+        metadata = _read_wrc(path)
+        if metadata is None:
+            raise WrcError(f"{path} is not a wrcli feature store (no wrc metadata in zarr.json); check the path")
+        return metadata
+
+    def ensure(self, path: Path, spec: StoreSpec, metadata: dict) -> None:
+        if not self.detect(path):
+            with atomic_write(path) as tmp:
+                _create(tmp, spec, metadata)
+
+    def open_writer(self, path: Path, spec: StoreSpec) -> ZarrWriter:
+        return ZarrWriter(path, spec)
+
+    def finalize(self, path: Path) -> None:
+        """Check that every shard is done, record the counts, drop temporaries of killed writers, consolidate."""
+        store = LocalStore(path)
+        group = zarr.open_group(store, mode="r+", use_consolidated=False)
+        metadata = dict(group.attrs["wrc"])
+        spec = spec_from_metadata(metadata)
+        missing = np.flatnonzero(group["shard_done"][:] == 0).tolist()
+        if missing:
+            raise incomplete_error(path, missing, spec.n_shards)
+        status = group["status"][:]
+        metadata["store"] = {**metadata["store"], "ok": int((status == OK).sum()),
+                             "failed": int((status == FAILED).sum())}
+        group.update_attributes({"wrc": metadata})
+        for stale in path.rglob("*.partial"):
+            stale.unlink()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Consolidated metadata is currently not part")  # of the v3 spec
+            zarr.consolidate_metadata(store)
+
+    def state(self, path: Path) -> StoreState:
+        group = self._open_read(path)
+        metadata = group.attrs["wrc"]
+        columns = {name: group[name][:] for name in COLUMNS}
+        done = {int(k) for k in np.flatnonzero(group["shard_done"][:])}
+        return StoreState(metadata, columns, done, finalized="ok" in metadata["store"])
+
+    def open_reader(self, path: Path) -> StoreReader:
+        group = self._open_read(path)
+        metadata = group.attrs["wrc"]
+        if "ok" not in metadata["store"]:
+            raise unfinished_error(path)
+        columns = {name: group[name][:] for name in COLUMNS}
+        return StoreReader(path, self.format, metadata, columns, group["features"])
+
+    def _open_read(self, path: Path) -> zarr.Group:
+        self.read_metadata(path)
+        return zarr.open_group(LocalStore(path, read_only=True), mode="r")
 
 
-def existing(path: Path) -> list[dict]:
-    """The ``wrc`` metadata of the store at ``path`` ([] when there is none); WrcError for anything foreign."""
-    if not (path.exists() or path.is_symlink()) or is_empty_dir(path):
-        return []
-    metadata = _read_wrc(path)
-    if metadata is None:
-        raise foreign_error(path)
-    return [metadata]
-
-
-def ensure(path: Path, spec: StoreSpec, metadata: dict) -> None:
-    """Create the store unless it exists (built under a temporary name, then renamed into place)."""
-    if (path / "zarr.json").is_file():
-        return
-    tmp = tmp_sibling(path)
+def _create(path: Path, spec: StoreSpec, metadata: dict) -> None:
+    """Write the empty arrays of a store for ``spec`` at ``path`` (a folder that does not exist yet)."""
     n, c, h, w, s = spec.n_images, spec.channels, spec.height, spec.width, spec.shard_size
-    group = zarr.create_group(LocalStore(tmp), attributes={"wrc": metadata}, zarr_format=3)
+    group = zarr.create_group(LocalStore(path), attributes={"wrc": metadata}, zarr_format=3)
     group.create_array("features", shape=(n, c, h, w), shards=(s, c, h, w), chunks=(1, c, h, w), dtype=spec.dtype,
                        fill_value=0, compressors=ZstdCodec(level=1), dimension_names=FEATURE_DIMS)
     for name, (dtype, tail, dims) in COLUMNS.items():
@@ -66,22 +125,10 @@ def ensure(path: Path, spec: StoreSpec, metadata: dict) -> None:
                            attributes=STATUS_ATTRS if name == "status" else {})
     group.create_array("shard_done", shape=(spec.n_shards,), chunks=(1,), dtype="uint8", fill_value=0,
                        compressors=None, dimension_names=("shard",))
-    os.replace(tmp, path)
-
-
-def remove(path: Path) -> None:
-    discard(path)
-
-
-def read_metadata(path: Path) -> dict:
-    metadata = _read_wrc(path)
-    if metadata is None:
-        raise WrcError(f"{path} is not a wrcli feature store (no wrc metadata in zarr.json); check the path")
-    return metadata
 
 
 class ZarrWriter(StoreWriter):
-    """Writes whole shards into a store made by :func:`ensure`; metadata files are never touched."""
+    """Writes whole shards into a store made by :meth:`ZarrBackend.ensure`; metadata files are never touched."""
 
     def __init__(self, path: Path, spec: StoreSpec) -> None:
         super().__init__(path, spec)
@@ -121,48 +168,6 @@ class ZarrWriter(StoreWriter):
     def _object(self, array: zarr.Array, k: int) -> Path:
         """The file holding shard ``k`` of ``array`` (zarr writes each object via a temporary file and a rename)."""
         return self.path / array.path / array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))
-
-
-def finalize(path: Path) -> None:
-    """Check that every shard is done, record the counts, drop temporaries of killed writers, consolidate."""
-    store = LocalStore(path)
-    group = zarr.open_group(store, mode="r+", use_consolidated=False)
-    metadata = dict(group.attrs["wrc"])
-    spec = spec_from_metadata(metadata)
-    missing = np.flatnonzero(group["shard_done"][:] == 0).tolist()
-    if missing:
-        raise incomplete_error(path, missing, spec.n_shards)
-    status = group["status"][:]
-    metadata["store"] = {**metadata["store"], "ok": int((status == OK).sum()), "failed": int((status == FAILED).sum())}
-    group.update_attributes({"wrc": metadata})
-    for stale in path.rglob("*.partial"):
-        stale.unlink()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Consolidated metadata is currently not part")  # of the v3 spec
-        zarr.consolidate_metadata(store)
-
-
-def state(path: Path) -> tuple[dict, dict[str, np.ndarray], set[int], bool]:
-    """(metadata, per-image columns, done shards, finalized) for ``summary``."""
-    group = _open_read(path)
-    metadata = group.attrs["wrc"]
-    columns = {name: group[name][:] for name in COLUMNS}
-    done = {int(k) for k in np.flatnonzero(group["shard_done"][:])}
-    return metadata, columns, done, "ok" in metadata["store"]
-
-
-def open_reader(path: Path) -> StoreReader:
-    group = _open_read(path)
-    metadata = group.attrs["wrc"]
-    if "ok" not in metadata["store"]:
-        raise unfinished_error(path)
-    columns = {name: group[name][:] for name in COLUMNS}
-    return StoreReader(path, FORMAT, metadata, columns, group["features"])
-
-
-def _open_read(path: Path) -> zarr.Group:
-    read_metadata(path)
-    return zarr.open_group(LocalStore(path, read_only=True), mode="r")
 
 
 def _read_wrc(path: Path) -> dict | None:
