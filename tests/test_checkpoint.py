@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -126,6 +127,32 @@ def test_save_overwrites_atomically(tmp_path, wrc_model):
 def test_save_rejects_mismatched_backbone(tmp_path, wrc_model):
     with pytest.raises(WrcError, match="16 channels"):
         save_upsampler(wrc_model, tmp_path / "w.safetensors", backbone=backbone(channels=32))
+    with pytest.raises(WrcError, match="patch size 14.*patch size 16"):
+        save_upsampler(wrc_model, tmp_path / "w.safetensors", backbone=backbone(patch_size=16))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_saved_checkpoint_is_an_ordinary_file(tmp_path, wrc_model):
+    umask = os.umask(0o022)
+    try:
+        path = save_upsampler(wrc_model, tmp_path / "w.safetensors")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # not private (0o600), as safetensors' save_file makes it
+
+
+def test_a_failed_save_leaves_the_old_checkpoint(tmp_path, wrc_model, monkeypatch):
+    path = save_upsampler(create_upsampler("transposed", C), tmp_path / "w.safetensors")
+    before = path.read_bytes()
+
+    def full_disk(self, data):
+        self.write_text("partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_upsampler(wrc_model, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["w.safetensors"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -332,6 +359,9 @@ def test_official_pth_needs_patch_size_and_matching_channels(tmp_path, wrc_model
     with pytest.raises(WrcError, match="768") as e:
         load_upsampler(path, backbone(channels=768))
     one_line(e)
+    with pytest.raises(WrcError, match=r"requested upsampler \(patch size 8\) disagrees with backbone") as e:
+        load_upsampler(path, backbone(), patch_size=8)
+    one_line(e)
 
 
 def test_pth_without_state_dict(tmp_path):
@@ -382,6 +412,7 @@ def test_pickled_objects_are_refused(tmp_path, wrc_model, kind):
 # ---------------------------------------------------------------------------------------------------
 # with the real backbone (skipped when the DINOv2 weights are absent)
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_real_backbone_round_trip(tmp_path, dinov2_weights):
     from wrcli.backbones import load_backbone
 

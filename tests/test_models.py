@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from wrcli.defaults import DEFAULT_BACKBONE
 from wrcli.errors import WrcError
 from wrcli.models import (
     Upsampler,
@@ -18,6 +21,8 @@ from wrcli.models import (
     list_upsamplers,
     load_upsampler,
 )
+from wrcli.models.compat import BackboneSpec, check_fits, with_sizes
+from wrcli.models.factory import untrained_message
 
 C = 8  # small channel count for speed (the guidance branch keeps its 32 channels)
 REGISTRY = ["wrc", "wrc-exact", "wrc-converse", "nearest", "bilinear", "bicubic", "transposed", "converse2d"]
@@ -175,6 +180,121 @@ def test_load_untrained_warns_and_uses_backbone():
         load_upsampler("bilinear")  # parameter-free: no warning
     with pytest.raises(WrcError, match="disagrees"):
         load_upsampler("wrc", backbone=bb, channels=C + 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# layers: registry → checkpoint → factory, each importing only those below it
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "code, absent",
+    [
+        ("import wrcli.models.registry as r; r.create_upsampler('wrc', 8, 14)", ["checkpoint", "factory"]),
+        ("from wrcli.models import create_upsampler, list_upsamplers, WRCUpsampler", ["checkpoint", "factory"]),
+        ("import wrcli.models.checkpoint", ["factory"]),
+    ],
+)
+def test_a_layer_imports_nothing_above_it(code, absent):
+    probe = f"{code}; import sys; print(sorted(m for m in {absent!r} if 'wrcli.models.' + m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", (code, done.stdout)
+
+
+def test_the_public_api_resolves_to_its_layers():
+    import wrcli
+    from wrcli import models
+    from wrcli.models import checkpoint, factory
+
+    assert {name: getattr(models, name) for name in models.__all__}  # every listed name resolves
+    assert models.load_upsampler is factory.load_upsampler is wrcli.load_upsampler
+    assert models.default_upsampler is factory.default_upsampler
+    assert models.save_upsampler is checkpoint.save_upsampler and models.load_checkpoint is checkpoint.load_checkpoint
+    with pytest.raises(AttributeError, match="no attribute 'lanczos'"):
+        models.lanczos  # noqa: B018
+
+
+# ---------------------------------------------------------------------------------------------------
+# the one backbone-compatibility check
+# ---------------------------------------------------------------------------------------------------
+VITS = BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2", 384, 14)
+
+
+@pytest.mark.parametrize(
+    "takes, strict, match",
+    [
+        (BackboneSpec(channels=768), True, r"^thing \(768 channels\) disagrees with backbone 'dinov2_vits14' \(384 channels\); fix$"),
+        (BackboneSpec(channels=384, patch_size=16), True, r"\(patch size 16\) disagrees with .* \(patch size 14\); fix$"),
+        (BackboneSpec(arch="vit_other", channels=384), True, r"\(trained on 'vit_other'\) .*'vit_small_patch14_dinov2'.*strict=False"),
+        (BackboneSpec(arch="vit_other", channels=768), False, r"768 channels"),  # strict=False relaxes the arch only
+    ],
+)
+def test_check_fits_rejects_each_mismatch_in_one_line(takes, strict, match):
+    with pytest.raises(WrcError, match=match) as e:
+        check_fits("thing", takes, VITS, strict=strict, hint="fix")
+    assert "\n" not in str(e.value)
+
+
+def test_check_fits_passes_what_agrees_or_is_unknown():
+    check_fits("thing", BackboneSpec("x", "vit_small_patch14_dinov2", 384, 14), VITS)
+    check_fits("thing", BackboneSpec(arch="vit_other", channels=384, patch_size=14), VITS, strict=False)
+    check_fits("thing", BackboneSpec(), VITS)  # nothing known about the thing
+    check_fits("thing", BackboneSpec(channels=384, patch_size=16), BackboneSpec(channels=384))  # patch unknown
+    check_fits("thing", BackboneSpec(channels=1, patch_size=1, arch="a"), None)  # no backbone: nothing to check
+
+
+def test_with_sizes_merges_the_keywords_into_the_backbone():
+    assert with_sizes(VITS, None, None) is VITS and with_sizes(None, None, None) is None
+    assert with_sizes(None, 8, None) == BackboneSpec(channels=8)
+    assert with_sizes(VITS, 384, 14) == VITS
+    assert with_sizes(BackboneSpec(name="n"), 8, 14) == BackboneSpec(name="n", channels=8, patch_size=14)
+    with pytest.raises(WrcError, match=r"requested upsampler \(patch size 8\) disagrees with backbone 'dinov2_vits14'"):
+        with_sizes(VITS, None, 8)
+    assert BackboneSpec(channels=8).label == "the requested sizes" and VITS.info == {"name": VITS.name, "arch": VITS.arch}
+
+
+def test_backbone_spec_of_a_backbone_takes_one_layers_channels():
+    from wrcli.backbones import load_backbone
+
+    assert BackboneSpec.of(None) is None
+    bb = load_backbone("vit_small_patch14_dinov2", pretrained=False, depth=2, embed_dim=64, num_heads=2, layers=[0, 1])
+    assert bb.channels == 128  # two layers stored, each through the same upsampler
+    assert BackboneSpec.of(bb) == BackboneSpec("vit_small_patch14_dinov2", "vit_small_patch14_dinov2", 64, 14)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the untrained-upsampler warning: one line, and how to get a trained one
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, how",
+    [
+        ("wrc-exact", "train one with `wrc train IMAGES --out wrc-exact.safetensors --solver exact` and pass that file"),
+        ("wrc-converse", "`wrc train IMAGES --out wrc-converse.safetensors --solver converse`"),
+        ("wrc", "`wrc train IMAGES --out wrc.safetensors --solver official`"),
+        ("transposed", "pass a trained transposed checkpoint file (`wrc train` trains the WRC family only)"),
+        ("converse2d", "pass a trained converse2d checkpoint file (`wrc train` trains the WRC family only)"),
+    ],
+)
+def test_untrained_warning_says_how_to_get_a_checkpoint(name, how):
+    bb = SimpleNamespace(name=DEFAULT_BACKBONE, arch="vit_test_patch14", patch_size=14, embed_dim=C)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_upsampler(name, backbone=bb)
+    [warning] = caught
+    msg = str(warning.message)
+    assert warning.category is UserWarning and warning.filename == __file__  # points at the caller
+    assert msg.startswith(f"upsampler {name!r} is untrained (no checkpoint for vit_test_patch14)")
+    assert how in msg and "\n" not in msg and len(msg) < 220, msg
+
+
+def test_untrained_warning_names_a_backbone_other_than_the_default():
+    other = BackboneSpec("vit_small_patch16_dinov3", "vit_small_patch16_dinov3", 384, 16)
+    assert "`wrc train IMAGES --backbone vit_small_patch16_dinov3 --out wrc.safetensors --solver official`" in (
+        untrained_message("wrc", other)
+    )
+    assert untrained_message("wrc-exact", None) == (
+        "upsampler 'wrc-exact' is untrained, its output meaningless: "
+        "train one with `wrc train IMAGES --out wrc-exact.safetensors --solver exact` and pass that file"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

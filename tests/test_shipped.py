@@ -37,10 +37,11 @@ def test_a_shipped_checkpoint_is_what_the_name_loads(tmp_path, vits_weights, mon
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert load_upsampler("wrc", other).checkpoint is None
-    assert any("untrained" in str(w.message) for w in caught)
+    [message] = [str(w.message) for w in caught if "untrained" in str(w.message)]
+    assert "no checkpoint for vit_small_patch16_dinov3" in message
+    assert "`wrc train IMAGES --backbone vit_small_patch16_dinov3 --out wrc.safetensors --solver official`" in message
     # ... and bilinear for an architecture without one, never an untrained WRC
     assert default_upsampler(other) == "bilinear" and load_upsampler("default", other).name == "bilinear"
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -59,6 +60,7 @@ def test_the_default_checkpoint_ships_and_matches_the_default_backbone(vits_weig
     assert cfg["provenance"]["validation"]["model"]["tiles"]["cos"] > cfg["provenance"]["validation"]["bilinear"]["tiles"]["cos"]
 
 
+@pytest.mark.slow
 def test_the_default_checkpoint_beats_bilinear_on_the_held_out_photos(dinov2_weights):
     """The model card's claim, recomputed: on the 60 photos held out of training (``held_out(name, 0.1)``),
     the ×2 output of each 224 view against the features of the image's four 224 quadrants ("tiles")."""

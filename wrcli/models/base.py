@@ -36,12 +36,6 @@ def resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrinking)
 
 
-def feature_channels(backbone: Any) -> int | None:
-    """Channels an upsampler for ``backbone`` takes: one layer's (``embed_dim``); with several layers
-    stored, the same upsampler is applied to each layer's features."""
-    return getattr(backbone, "embed_dim", None) or getattr(backbone, "channels", None)
-
-
 def _as_size(size: Any) -> tuple[int, int]:
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
         size = (size, size)

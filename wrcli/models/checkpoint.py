@@ -16,17 +16,24 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from wrcli.errors import WrcError
+from wrcli import __version__
+from wrcli.errors import WrcError, first_line
+from wrcli.files import atomic_write
 
-from .base import Upsampler, feature_channels
-from .registry import create_upsampler, registry_entry
+from .base import Upsampler
+from .compat import BackboneSpec, check_fits, with_sizes
+from .registry import create_upsampler
+
+if TYPE_CHECKING:
+    from wrcli.backbones import Backbone
 
 FORMAT = "wrcli-upsampler"
 FORMAT_VERSION = 1
@@ -82,16 +89,85 @@ def to_official_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------
-# helpers
+# save
 # --------------------------------------------------------------------------------------------------
-def _one_line(e: BaseException | str) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
-    return line if len(line) <= 300 else line[:297] + "..."
+def save_upsampler(
+    model: Upsampler, path: str | os.PathLike, *, backbone: Backbone | None = None, provenance: dict | None = None
+) -> Path:
+    """Write ``model`` to a safetensors checkpoint at ``path`` atomically (:func:`wrcli.files.atomic_write`).
+
+    ``backbone`` (or else the model's recorded backbone) names the backbone it was trained for, whose channels
+    and patch size the model must take; ``provenance`` is free-form, JSON-serialisable training information.
+    Returns the path.
+    """
+    if model.batchnorm_folded:
+        raise WrcError("cannot save an upsampler whose BatchNorm was folded for inference (its weights no longer "
+                       "match the architecture); save it before folding")
+    spec = BackboneSpec.of(backbone)
+    takes = BackboneSpec(channels=model.channels, patch_size=model.patch_size)
+    check_fits(f"cannot save: upsampler {model.name!r}", takes, spec)
+    metadata = _metadata(model, spec, provenance)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    data = safetensors_bytes(tensors, metadata=metadata)  # save_file would make the file private (0o600)
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+    return path
 
 
-def _backbone_info(backbone: Any) -> dict[str, Any]:
-    return {"name": getattr(backbone, "name", None), "arch": getattr(backbone, "arch", None)}
+def _metadata(model: Upsampler, backbone: BackboneSpec | None, provenance: dict | None) -> dict[str, str]:
+    """The safetensors metadata of a checkpoint: the JSON config under ``METADATA_KEY``."""
+    cfg = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **model.config,
+        "backbone": backbone.info if backbone is not None else model.backbone_info,
+        "wrcli_version": __version__,
+        "provenance": provenance if provenance is not None else model.provenance,
+    }
+    try:
+        return {METADATA_KEY: json.dumps(cfg, sort_keys=True), "format": "pt"}
+    except (TypeError, ValueError) as e:
+        raise WrcError(f"cannot save: provenance must be JSON-serialisable ({first_line(e)})") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# load
+# --------------------------------------------------------------------------------------------------
+def load_checkpoint(
+    path: str | os.PathLike,
+    backbone: Backbone | None = None,
+    *,
+    channels: int | None = None,
+    patch_size: int | None = None,
+    strict: bool = True,
+) -> Upsampler:
+    """Rebuild an upsampler from a wrcli safetensors checkpoint or an official WRC ``.pth`` state dict.
+
+    The checkpoint must fit ``backbone`` and the explicit ``channels`` / ``patch_size``
+    (:func:`wrcli.models.compat.check_fits`; the architecture only when ``strict``).
+    """
+    path = _existing(path)
+    spec = BackboneSpec.of(backbone)
+    want = with_sizes(spec, channels, patch_size)
+    kind = _sniff(path)
+    if kind == "safetensors":
+        return _load_safetensors(path, want, strict)
+    if kind == "torch":
+        return _load_torch(path, want, spec)
+    raise WrcError(f"{path} is not an upsampler checkpoint (neither safetensors nor a PyTorch file), or it is corrupt")
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON config of a wrcli safetensors checkpoint (no tensors are read)."""
+    return _read_safetensors(_existing(path), tensors=False)[0]
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise WrcError(f"checkpoint not found: {path}")
+    return path
 
 
 def _sniff(path: Path) -> str:
@@ -100,7 +176,7 @@ def _sniff(path: Path) -> str:
         with open(path, "rb") as f:
             head = f.read(16)
     except OSError as e:
-        raise WrcError(f"cannot read checkpoint {path}: {e.strerror or _one_line(e)}") from None
+        raise WrcError(f"cannot read checkpoint {path}: {e.strerror or first_line(e)}") from None
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"  # u64 little-endian header length, then the JSON header
     if head.startswith(b"PK\x03\x04") or head[:2] == b"\x80\x02":
@@ -108,80 +184,19 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-# --------------------------------------------------------------------------------------------------
-# save
-# --------------------------------------------------------------------------------------------------
-def save_upsampler(
-    model: Upsampler, path: str | os.PathLike, *, backbone: Any = None, provenance: dict | None = None
-) -> Path:
-    """Write ``model`` to a safetensors checkpoint at ``path`` atomically (tmp file + rename).
-
-    ``backbone`` (or else the model's recorded backbone) names the backbone it was trained for;
-    ``provenance`` is free-form, JSON-serialisable training information. Returns the path.
-    """
-    from safetensors.torch import save_file
-
-    import wrcli
-
-    path = Path(path)
-    if model.batchnorm_folded:
-        raise WrcError("cannot save an upsampler whose BatchNorm was folded for inference (its weights no longer "
-                       "match the architecture); save it before folding")
-    if backbone is not None:
-        bb_channels = feature_channels(backbone)
-        if model.channels is not None and bb_channels is not None and bb_channels != model.channels:
-            raise WrcError(
-                f"cannot save: the upsampler takes {model.channels} channels but backbone "
-                f"{getattr(backbone, 'name', '?')!r} gives {bb_channels}"
-            )
-    cfg = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        **model.config,
-        "backbone": _backbone_info(backbone) if backbone is not None else model.backbone_info,
-        "wrcli_version": wrcli.__version__,
-        "provenance": provenance if provenance is not None else model.provenance,
-    }
+def _read_safetensors(path: Path, *, tensors: bool) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The config and (when ``tensors``, else {}) the weights of a wrcli safetensors checkpoint."""
     try:
-        metadata = {METADATA_KEY: json.dumps(cfg, sort_keys=True), "format": "pt"}
-    except (TypeError, ValueError) as e:
-        raise WrcError(f"cannot save: provenance must be JSON-serialisable ({_one_line(e)})") from None
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            cfg = _parse_config(path, f.metadata() or {})
+            weights = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+    except WrcError:
         raise
-    return path
-
-
-# --------------------------------------------------------------------------------------------------
-# load
-# --------------------------------------------------------------------------------------------------
-def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON config of a wrcli safetensors checkpoint (no tensors are read)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise WrcError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
     except Exception as e:
-        raise WrcError(f"cannot read checkpoint {path}: corrupt or not a safetensors file ({_one_line(e)})") from None
-    return _parse_config(path, metadata)
+        raise WrcError(
+            f"cannot read checkpoint {path}: corrupt, truncated or not a safetensors file ({first_line(e)})"
+        ) from None
+    return cfg, weights
 
 
 def _parse_config(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
@@ -190,7 +205,7 @@ def _parse_config(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     try:
         cfg = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as e:
-        raise WrcError(f"{path}: the wrcli metadata is not valid JSON ({_one_line(e)})") from None
+        raise WrcError(f"{path}: the wrcli metadata is not valid JSON ({first_line(e)})") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "architecture" not in cfg:
         raise WrcError(f"{path}: the wrcli metadata does not describe an upsampler checkpoint")
     version = cfg.get("format_version")
@@ -199,35 +214,27 @@ def _parse_config(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     return cfg
 
 
-def _validate(path: Path, cfg: dict, backbone: Any, channels: int | None, patch_size: int | None, strict: bool) -> None:
-    """Raise WrcError when the checkpoint cannot serve the requested backbone / sizes."""
-    ck_bb = cfg.get("backbone") or {}
-    trained = ck_bb.get("name") or ck_bb.get("arch")
-    fix = f"use --backbone {trained}" if trained else "use the backbone it was trained for"
-    fix += " or retrain the upsampler for this backbone"
-    ck_channels, ck_patch = cfg.get("channels"), cfg.get("patch_size")
-    if channels is not None and ck_channels is not None and channels != ck_channels:
-        raise WrcError(f"checkpoint {path.name} takes {ck_channels}-channel features, not {channels}; {fix}")
-    if patch_size is not None and ck_patch is not None and patch_size != ck_patch:
-        raise WrcError(f"checkpoint {path.name} was trained for patch size {ck_patch}, not {patch_size}; {fix}")
-    if backbone is None:
-        return
-    name = getattr(backbone, "name", None) or getattr(backbone, "arch", "?")
-    bb_channels, bb_patch, bb_arch = feature_channels(backbone), getattr(backbone, "patch_size", None), getattr(backbone, "arch", None)
-    if bb_channels is not None and ck_channels is not None and bb_channels != ck_channels:
-        raise WrcError(
-            f"checkpoint {path.name} takes {ck_channels}-channel features but backbone {name!r} gives {bb_channels}; {fix}"
-        )
-    if bb_patch is not None and ck_patch is not None and bb_patch != ck_patch:
-        raise WrcError(
-            f"checkpoint {path.name} was trained for patch size {ck_patch} but backbone {name!r} has patch size {bb_patch}; {fix}"
-        )
-    ck_arch = ck_bb.get("arch")
-    if strict and bb_arch is not None and ck_arch is not None and bb_arch != ck_arch:
-        raise WrcError(
-            f"checkpoint {path.name} was trained on backbone {ck_arch!r} but the backbone is {bb_arch!r}; {fix} "
-            f"(or pass strict=False / --no-strict to use it anyway)"
-        )
+def _trained_for(cfg: dict[str, Any]) -> BackboneSpec:
+    """The backbone a checkpoint's config says it was trained for."""
+    recorded = cfg.get("backbone") or {}
+    return BackboneSpec(recorded.get("name"), recorded.get("arch"), cfg.get("channels"), cfg.get("patch_size"))
+
+
+def _retrain_hint(trained: BackboneSpec) -> str:
+    known = trained.name or trained.arch
+    use = f"use --backbone {known}" if known else "use the backbone it was trained for"
+    return f"{use} or retrain the upsampler for this backbone"
+
+
+def _load_safetensors(path: Path, want: BackboneSpec | None, strict: bool) -> Upsampler:
+    cfg, weights = _read_safetensors(path, tensors=True)
+    trained = _trained_for(cfg)
+    check_fits(f"checkpoint {path.name}", trained, want, strict=strict, hint=_retrain_hint(trained))
+    model = create_upsampler(cfg["architecture"], trained.channels, trained.patch_size, **(cfg.get("options") or {}))
+    _load_into(model, weights, path)
+    model.backbone_info = cfg.get("backbone")
+    model.provenance = cfg.get("provenance")
+    return model
 
 
 def _load_into(model: Upsampler, state_dict: dict[str, Tensor], path: Path) -> None:
@@ -238,35 +245,9 @@ def _load_into(model: Upsampler, state_dict: dict[str, Tensor], path: Path) -> N
         missing, unexpected = sorted(expected - found), sorted(found - expected)
         if missing or unexpected:
             detail = f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        else:
-            detail = _one_line(e).replace("Error(s) in loading state_dict for ", "")
-            for line in str(e).splitlines()[1:]:
-                if line.strip():
-                    detail = line.strip()
-                    break
+        else:  # shape mismatches: the first line after torch's header names the tensor
+            detail = first_line(str(e).partition("\n")[2] or e)
         raise WrcError(f"checkpoint {path.name} does not fit the {model.name!r} upsampler: {detail}") from None
-
-
-def _load_safetensors(path: Path, backbone: Any, channels: int | None, patch_size: int | None, strict: bool) -> Upsampler:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            cfg = _parse_config(path, metadata)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except WrcError:
-        raise
-    except Exception as e:
-        raise WrcError(f"cannot read checkpoint {path}: corrupt or truncated safetensors file ({_one_line(e)})") from None
-    _validate(path, cfg, backbone, channels, patch_size, strict)
-    arch = cfg["architecture"]
-    registry_entry(arch)  # unknown architecture → WrcError listing the known names
-    model = create_upsampler(arch, cfg.get("channels"), cfg.get("patch_size"), **(cfg.get("options") or {}))
-    _load_into(model, tensors, path)
-    model.backbone_info = cfg.get("backbone")
-    model.provenance = cfg.get("provenance")
-    return model
 
 
 _PICKLED_HINT = (
@@ -274,6 +255,40 @@ _PICKLED_HINT = (
     "in a trusted environment extract the weights with "
     "torch.save(torch.load({file}, weights_only=False)[\"wrc\"], \"wrc_state.pth\") and load wrc_state.pth"
 )
+
+
+def _load_torch(path: Path, want: BackboneSpec | None, backbone: BackboneSpec | None) -> Upsampler:
+    """A WRC upsampler from a ``.pth`` state dict, which records neither patch size nor backbone: the patch
+    size comes from ``want``, the recorded backbone is ``backbone``."""
+    layout, sd = _read_state_dict(path)
+    patch = want.patch_size if want is not None else None
+    if patch is None:
+        raise WrcError(f"{path.name} does not record the patch size: pass a backbone (--backbone NAME) or patch_size=")
+    trained = BackboneSpec(channels=int(sd["head.weight"].shape[0]), patch_size=patch)
+    check_fits(f"checkpoint {path.name}", trained, want, hint=_retrain_hint(trained))
+    guidance = int(sd["image_stem.conv.weight"].shape[0]) if "image_stem.conv.weight" in sd else 32
+    model = create_upsampler("wrc", trained.channels, patch, guidance_channels=guidance)
+    _load_into(model, sd, path)
+    model.backbone_info = backbone.info if backbone is not None else None
+    model.provenance = {"source": f"{layout} state dict", "file": path.name}
+    return model
+
+
+def _read_state_dict(path: Path) -> tuple[str, dict[str, Tensor]]:
+    """The layout ("official" or "wrcli") and the state dict, in wrcli's key names, of a WRC ``.pth`` file
+    (read with ``weights_only=True``: pickled objects are refused, never run)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise WrcError(f"refusing to load {path.name}: {_PICKLED_HINT.format(file=repr(str(path)))}") from None
+    except Exception as e:
+        raise WrcError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({first_line(e)})") from None
+    sd = _strip_prefixes(_unwrap_state_dict(obj, path))
+    if "outc.weight" in sd:
+        return "official", from_official_state_dict(sd)
+    if "head.weight" in sd and "wrc.weight" in sd:
+        return "wrcli", sd
+    raise WrcError(f"{path.name} is not a WRC upsampler state dict (no 'outc.weight'); found keys like {sorted(sd)[:3]}")
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -298,57 +313,3 @@ def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     while sd and all(k.startswith(("wrc.", "module.")) for k in sd):
         sd = {k.split(".", 1)[1]: v for k, v in sd.items()}
     return sd
-
-
-def _load_torch(path: Path, backbone: Any, channels: int | None, patch_size: int | None) -> Upsampler:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise WrcError(f"refusing to load {path.name}: {_PICKLED_HINT.format(file=repr(str(path)))}") from None
-    except Exception as e:
-        raise WrcError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({_one_line(e)})") from None
-    sd = _strip_prefixes(_unwrap_state_dict(obj, path))
-    if "outc.weight" in sd:
-        layout, sd = "official", from_official_state_dict(sd)
-    elif "head.weight" in sd and "wrc.weight" in sd:
-        layout = "wrcli"
-    else:
-        raise WrcError(
-            f"{path.name} is not a WRC upsampler state dict (no 'outc.weight'); found keys like {sorted(sd)[:3]}"
-        )
-    ck_channels = int(sd["head.weight"].shape[0])
-    guidance = int(sd["image_stem.conv.weight"].shape[0]) if "image_stem.conv.weight" in sd else 32
-    bb_patch = getattr(backbone, "patch_size", None) if backbone is not None else None
-    if patch_size is not None and bb_patch is not None and patch_size != bb_patch:
-        raise WrcError(f"patch_size={patch_size} disagrees with backbone patch size {bb_patch}")
-    patch = patch_size if patch_size is not None else bb_patch
-    if patch is None:
-        raise WrcError(f"{path.name} does not record the patch size: pass a backbone (--backbone NAME) or patch_size=")
-    cfg = {"channels": ck_channels, "patch_size": patch, "backbone": None}
-    _validate(path, cfg, backbone, channels, None, strict=True)
-    model = create_upsampler("wrc", ck_channels, patch, guidance_channels=guidance)
-    _load_into(model, sd, path)
-    if backbone is not None:
-        model.backbone_info = _backbone_info(backbone)
-    model.provenance = {"source": f"{layout} state dict", "file": path.name}
-    return model
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    backbone: Any = None,
-    *,
-    channels: int | None = None,
-    patch_size: int | None = None,
-    strict: bool = True,
-) -> Upsampler:
-    """Rebuild an upsampler from a wrcli safetensors checkpoint or an official WRC ``.pth`` state dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise WrcError(f"checkpoint not found: {path}")
-    kind = _sniff(path)
-    if kind == "safetensors":
-        return _load_safetensors(path, backbone, channels, patch_size, strict)
-    if kind == "torch":
-        return _load_torch(path, backbone, channels, patch_size)
-    raise WrcError(f"{path} is not an upsampler checkpoint (neither safetensors nor a PyTorch file), or it is corrupt")
