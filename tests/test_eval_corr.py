@@ -1,8 +1,10 @@
-"""wrc eval corr: PCK and matching on constructed cases, the dataset layouts, the command end to end, and the
-real Motorcycle stereo pair (scikit-image) with the real DINOv2 weights."""
+"""wrc eval corr: PCK and matching on constructed cases, the dataset layouts, the command end to end, the Task
+interface that every protocol implements, and the real Motorcycle stereo pair (scikit-image) with the real DINOv2
+weights."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -12,22 +14,30 @@ import torch
 from PIL import Image
 
 from wrcli.errors import WrcError
-from wrcli.eval.correspondence import (
+from wrcli.eval.correspondence import run_corr
+from wrcli.eval.dense import normalise_and_resize
+from wrcli.eval.depth import DepthProbe
+from wrcli.eval.keypoints import (
+    KeypointTask,
     Letterbox,
     aggregate_pck,
-    find_stereo_pairs,
     match_points,
-    match_rows,
-    normalise_and_resize,
     pck,
-    read_disparity,
     read_pairs_file,
     read_spair,
-    run_corr,
     source_pixels,
+)
+from wrcli.eval.probes import ProbeOptions
+from wrcli.eval.seg import SegProbe
+from wrcli.eval.stereo import (
+    StereoTask,
+    find_stereo_pairs,
+    match_rows,
+    read_disparity,
     stereo_errors,
     stereo_metrics,
 )
+from wrcli.eval.task import REPORT_KEYS, RunOptions, Task, run_task
 
 from .conftest import ARCH
 from .test_extract import run_cli
@@ -304,6 +314,62 @@ def test_cli_errors_are_one_line(args, message, tmp_path, vits_weights, capsys, 
     assert code == 1 and len(lines) == 1 and message in lines[0] and "Traceback" not in err
 
 
+# -- the Task interface: a task in every protocol module, one runner, one report shape ---------------------------
+
+def protocol_tasks(tmp_path: Path) -> dict[str, Task]:
+    """A task of every protocol module, on constructed data (probes: 2 + 1 images, one epoch)."""
+    from .test_eval_depth import generic_depth
+    from .test_eval_seg import generic_seg
+
+    smooth_image(tmp_path / "a.png", 56, 56, 0)
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"src": "a.png", "tgt": "a.png", "src_kps": KPS, "tgt_kps": KPS}))
+    make_stereo(tmp_path / "stereo" / "s1")
+    probe = ProbeOptions(size=56, epochs=1, workers=0, progress=False)
+    return {
+        "seg": SegProbe(generic_seg(tmp_path / "seg", 2, 1), "generic", options=probe),
+        "depth": DepthProbe(generic_depth(tmp_path / "depth", 2, 1), "generic", options=probe),
+        "spair": KeypointTask("spair", str(make_spair(tmp_path / "SPair-71k", 1)), imsize=56, pairs_per_category=0),
+        "pairs": KeypointTask("pairs", str(tmp_path / "pairs.jsonl"), imsize=56),
+        "stereo": StereoTask(str(tmp_path / "stereo"), imsize=42, stride=4),
+    }
+
+
+def test_every_protocol_module_has_a_task_of_the_one_interface(tmp_path):
+    tasks = protocol_tasks(tmp_path)
+    assert {type(t).__module__ for t in tasks.values()} == {
+        "wrcli.eval.seg", "wrcli.eval.depth", "wrcli.eval.keypoints", "wrcli.eval.stereo"}
+    for name, task in tasks.items():
+        assert isinstance(task, Task), name
+        for method in ("read", "features", "measure", "protocol", "dataset"):
+            expected = list(inspect.signature(getattr(Task, method)).parameters)[1:]
+            assert list(inspect.signature(getattr(task, method)).parameters) == expected, (name, method)
+        assert task.kind in ("seg", "depth", "corr") and task.metrics and all(isinstance(m, str) for m in task.metrics)
+    assert not isinstance(object(), Task)
+
+
+def test_the_runner_reports_every_task_with_the_same_keys(tmp_path, vits_weights):
+    options = RunOptions("bilinear,nearest", ARCH, str(vits_weights), "cpu", progress=False)
+    for name, task in protocol_tasks(tmp_path).items():
+        report = run_task(task, options, command="wrc eval x")
+        assert [k for k in report if k in REPORT_KEYS] == list(REPORT_KEYS), name
+        assert set(report) - set(REPORT_KEYS) <= {"per_category"}, name
+        assert (report["task"], report["metrics"], report["command"]) == (task.kind, list(task.metrics), "wrc eval x")
+        assert list(report["upsamplers"]) == list(report["results"]) == ["bilinear", "nearest"]
+        assert all(set(task.metrics) <= set(row) for row in report["results"].values()), name
+        assert report["backbone"]["name"] == ARCH and report["environment"]["device"] == "cpu"
+        assert isinstance(report["seconds"], float) and report["dataset"] and report["protocol"]
+        json.dumps(report, allow_nan=False)  # strict JSON: no NaN, no objects
+
+
+def test_the_runner_reads_the_data_before_it_loads_a_model(tmp_path):
+    options = RunOptions("bilinear", ARCH, str(tmp_path / "no-weights.safetensors"), "cpu", progress=False)
+    with pytest.raises(WrcError, match="is not SPair-71k"):
+        run_task(KeypointTask("spair", str(tmp_path)), options)
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"src": "a.png", "tgt": "a.png", "src_kps": KPS, "tgt_kps": KPS}))
+    with pytest.raises(WrcError, match="no-weights"):  # readable data: the missing weights are next
+        run_task(KeypointTask("pairs", str(tmp_path / "pairs.jsonl")), options)
+
+
 # -- real data: scikit-image's Motorcycle pair (Middlebury 2014) with the real DINOv2 ----------------------------
 
 REAL_IMSIZE = 224  # long side: 741×500 → 224×154; about 31k valid left pixels
@@ -325,6 +391,7 @@ def real_corr(folder: Path, weights: Path, upsamplers: str) -> dict:
                     backbone_weights=str(weights), device="cpu", imsize=REAL_IMSIZE, progress=False)
 
 
+@pytest.mark.slow
 def test_real_motorcycle_bilinear_is_far_above_chance_and_beats_nearest(motorcycle, dinov2_weights):
     report = real_corr(motorcycle, dinov2_weights, "bilinear,nearest")
     bilinear, nearest = report["results"]["bilinear"], report["results"]["nearest"]
@@ -334,6 +401,7 @@ def test_real_motorcycle_bilinear_is_far_above_chance_and_beats_nearest(motorcyc
     assert bilinear["PCK@4px"] > nearest["PCK@4px"] + 5
 
 
+@pytest.mark.slow
 def test_real_motorcycle_shipped_wrc_at_least_as_good_as_bilinear(motorcycle, dinov2_weights):
     """The issue's bar: the shipped WRC checkpoint is not worse than bilinear, at every pixel threshold and in EPE
     (no tolerance)."""
@@ -352,7 +420,7 @@ def test_real_motorcycle_shipped_wrc_at_least_as_good_as_bilinear(motorcycle, di
 def test_default_upsampler_is_named_by_what_runs():
     from types import SimpleNamespace
 
-    from wrcli.eval.common import resolve_default
+    from wrcli.session import resolve_default
 
     no_checkpoint = SimpleNamespace(arch="vit_without_a_shipped_checkpoint")
     assert resolve_default(["bilinear", "default", "nearest"], no_checkpoint) == ["bilinear", "nearest"]

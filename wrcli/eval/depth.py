@@ -27,11 +27,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .datasets import open_depth
+from wrcli.errors import WrcError
+
+from .datasets import ProbeData, open_depth
 from .metrics import DEPTH_METRICS, depth_image_metrics
-from .probes import ProbeOptions, Protocol, run_probe
+from .probes import ProbeOptions, ProbeTask, Protocol
+from .task import run_task
 
 DEPTH_PROTOCOLS = {
     "probe3d": Protocol("probe3d", size=224, epochs=10, batch_size=8, lr=5e-4, weight_decay=1e-2, flip=True,
@@ -99,10 +103,12 @@ def valid_depth(gt: Tensor, max_depth: float) -> Tensor:
     return torch.isfinite(gt) & (gt > 0) & (gt <= max_depth)
 
 
-class DepthTask:
-    kind = "depth"
+class DepthHead:
+    """Binned depth, SigLoss + gradient loss, RMSE / AbsRel / δ1 (:class:`~wrcli.eval.probes.Head`)."""
+
     out_channels = BINS
     label_classes = None
+    target_dtype = np.dtype(np.float32)
     metrics = DEPTH_METRICS
 
     def __init__(self, max_depth: float = 10.0) -> None:
@@ -117,6 +123,9 @@ class DepthTask:
         gt = torch.where(valid, target, torch.ones_like(target))
         return 10 * sig_loss(d, gt, valid) + 0.5 * gradient_loss(d, gt, valid)
 
+    def shrink(self, target: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(target[:, None], size=size, mode="nearest-exact")[:, 0]
+
     def accumulator(self) -> DepthAccumulator:
         return DepthAccumulator(self.max_depth)
 
@@ -128,15 +137,31 @@ class DepthTask:
                            "(0 < d* <= max depth), averaged over images (Probe3D)"}
 
 
+class DepthProbe(ProbeTask):
+    """``wrc eval depth``: the depth probe on dataset ``root`` (``dataset``: nyu, generic or auto)."""
+
+    kind = "depth"
+    metrics = DEPTH_METRICS
+
+    def __init__(self, root: str | os.PathLike, dataset: str = "auto", protocol: str = "probe3d",
+                 options: ProbeOptions | None = None, depth_scale: float = 1000.0, max_depth: float = 10.0) -> None:
+        if protocol not in DEPTH_PROTOCOLS:
+            raise WrcError(f"unknown depth protocol {protocol!r}; use {' or '.join(DEPTH_PROTOCOLS)}")
+        if not depth_scale > 0 or not max_depth > MIN_DEPTH:
+            raise WrcError(f"--depth-scale must be positive and --max-depth above {MIN_DEPTH} m")
+        super().__init__(DEPTH_PROTOCOLS[protocol], options or ProbeOptions())
+        self.root, self.layout, self.depth_scale, self.max_depth = root, dataset, depth_scale, max_depth
+
+    def open_data(self) -> ProbeData:
+        return open_depth(self.layout, self.root, self.depth_scale)
+
+    def make_head(self, data: ProbeData) -> DepthHead:
+        return DepthHead(self.max_depth)
+
+
 def run_depth(root: str | os.PathLike, dataset: str = "auto", protocol: str = "probe3d",
-              options: ProbeOptions = ProbeOptions(), depth_scale: float = 1000.0, max_depth: float = 10.0,
+              options: ProbeOptions | None = None, depth_scale: float = 1000.0, max_depth: float = 10.0,
               command: str | None = None) -> dict[str, Any]:
     """Linear depth probe on dataset ``root`` for every upsampler of ``options``; the report."""
-    from wrcli.errors import WrcError
-
-    if protocol not in DEPTH_PROTOCOLS:
-        raise WrcError(f"unknown depth protocol {protocol!r}; use {' or '.join(DEPTH_PROTOCOLS)}")
-    if not depth_scale > 0 or not max_depth > MIN_DEPTH:
-        raise WrcError(f"--depth-scale must be positive and --max-depth above {MIN_DEPTH} m")
-    data = open_depth(dataset, root, depth_scale)
-    return run_probe(DepthTask(max_depth), data, DEPTH_PROTOCOLS[protocol], options, np.dtype(np.float32), command)
+    task = DepthProbe(root, dataset, protocol, options, depth_scale, max_depth)
+    return run_task(task, task.options, command)

@@ -32,13 +32,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from wrcli.backbones import Backbone
-from wrcli.errors import WrcError
+from wrcli.errors import WrcError, first_line
+from wrcli.files import remove_stale_tmps, write_text_atomic
 from wrcli.progress import Progress
 
 from .datasets import IGNORE, Sample, Split
 
 FORMAT = 1
 BACKBONE_BATCH = 8
+Shapes = dict[str, tuple[tuple[int, ...], Any]]  # array name → (shape, dtype)
 
 
 def centre_square(image: Image.Image, target: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +81,7 @@ class _Decoded(Dataset):
                     raise ValueError(f"label values {bad[:5].tolist()} are not classes 0..{self.classes - 1} or {IGNORE} (ignore)")
             pixels, target = centre_square(image, target.astype(self.dtype, copy=False), self.size)
         except Exception as e:  # noqa: BLE001 - Pillow, h5py and numpy raise many types for a bad file
-            return None, None, f"cannot read sample {sample.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            return None, None, f"cannot read sample {sample.name}: {first_line(e)}"
         return pixels, target, None
 
 
@@ -91,6 +93,10 @@ class SplitCache:
     targets: np.ndarray
     feats: np.ndarray
     flipped: np.ndarray | None
+
+    @classmethod
+    def of(cls, arrays: dict[str, np.ndarray]) -> SplitCache:
+        return cls(arrays["images"], arrays["targets"], arrays["feats"], arrays.get("flipped"))
 
     def __len__(self) -> int:
         return len(self.feats)
@@ -130,46 +136,67 @@ def build_cache(root: str | os.PathLike, dataset: str, split: Split, *, size: in
     key = cache_key(dataset, split, size, flip, backbone, target_dtype, classes)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(root) / f"{dataset}-{split.name}-{digest}"
-    n, grid = len(split.samples), size // backbone.patch_size
-    shapes = {"images": ((n, size, size, 3), np.uint8), "targets": ((n, size, size), target_dtype),
-              "feats": ((n, backbone.channels, grid, grid), np.float16)}
-    if flip:
-        shapes["flipped"] = shapes["feats"]
-    meta_path = folder / "meta.json"
-    done = _done(meta_path, key, [folder / f"{name}.npy" for name in shapes])
-    if done == n:
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in shapes}
-        return SplitCache(arrays["images"], arrays["targets"], arrays["feats"], arrays.get("flipped"))
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        mode = "r+" if done else "w+"
-        arrays = {name: open_memmap(folder / f"{name}.npy", mode=mode, dtype=dt, shape=shape) for name, (shape, dt) in shapes.items()}
-    except OSError as e:
-        raise WrcError(f"cannot create the feature cache in {folder}: {e.strerror or e}") from None
-    _write_meta(meta_path, key, done)
+    shapes = _shapes(len(split.samples), size, backbone.channels, size // backbone.patch_size, target_dtype, flip)
+    meta = folder / "meta.json"
+    done = _done(meta, key, [folder / f"{name}.npy" for name in shapes])
+    if done == len(split.samples):
+        return SplitCache.of({name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in shapes})
+    arrays = _open_arrays(folder, shapes, resume=done > 0)
+    _write_meta(meta, key, done)
     loader = DataLoader(_Decoded(split.samples, done, size, np.dtype(target_dtype), classes), batch_size=BACKBONE_BATCH,
                         num_workers=workers, collate_fn=list)
-    bar = Progress(n - done, f"features {dataset} {split.name}", enabled=progress)
+    bar = Progress(len(split.samples) - done, f"features {dataset} {split.name}", enabled=progress)
     with torch.inference_mode():
         for batch in loader:
-            errors = [err for *_, err in batch if err]
-            if errors:
-                raise WrcError(errors[0])
-            a, b = done, done + len(batch)
-            pixels = np.stack([p for p, _, _ in batch])
-            x = backbone.normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device))
-            arrays["images"][a:b] = pixels
-            arrays["targets"][a:b] = np.stack([t for _, t, _ in batch])
-            arrays["feats"][a:b] = backbone(x).to(torch.float16).cpu().numpy()
-            if flip:
-                arrays["flipped"][a:b] = backbone(x.flip(-1)).to(torch.float16).cpu().numpy()
-            for arr in arrays.values():
-                arr.flush()
-            done = b
-            _write_meta(meta_path, key, done)
+            done = _encode(batch, arrays, done, backbone, device)
+            _write_meta(meta, key, done)
             bar.advance(len(batch))
     bar.close()
-    return SplitCache(arrays["images"], arrays["targets"], arrays["feats"], arrays.get("flipped"))
+    return SplitCache.of(arrays)
+
+
+def _shapes(n: int, size: int, channels: int, grid: int, target_dtype: np.dtype, flip: bool) -> Shapes:
+    """name → (shape, dtype) of the cached arrays of ``n`` images (see the module docstring)."""
+    shapes: Shapes = {
+        "images": ((n, size, size, 3), np.uint8), "targets": ((n, size, size), target_dtype),
+        "feats": ((n, channels, grid, grid), np.float16),
+    }
+    if flip:
+        shapes["flipped"] = shapes["feats"]
+    return shapes
+
+
+def _open_arrays(folder: Path, shapes: Shapes, resume: bool) -> dict[str, np.memmap]:
+    """The cache files memory-mapped for writing: kept when resuming, else created (a killed writer's temporary
+    metadata file is removed)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmps(folder / "meta.json")
+        mode = "r+" if resume else "w+"
+        return {name: open_memmap(folder / f"{name}.npy", mode=mode, dtype=dt, shape=shape)
+                for name, (shape, dt) in shapes.items()}
+    except OSError as e:
+        raise WrcError(f"cannot create the feature cache in {folder}: {e.strerror or e}") from None
+
+
+def _encode(batch: list[tuple[np.ndarray | None, np.ndarray | None, str | None]], arrays: dict[str, np.memmap],
+            start: int, backbone: Backbone, device: torch.device) -> int:
+    """Write one decoded batch at rows ``start..`` (images, targets, features, mirrored features) and flush it;
+    the rows done after it. A sample that failed to decode stops the build with its reason."""
+    errors = [err for *_, err in batch if err]
+    if errors:
+        raise WrcError(errors[0])
+    a, b = start, start + len(batch)
+    pixels = np.stack([p for p, _, _ in batch])
+    x = backbone.normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device))
+    arrays["images"][a:b] = pixels
+    arrays["targets"][a:b] = np.stack([t for _, t, _ in batch])
+    arrays["feats"][a:b] = backbone(x).to(torch.float16).cpu().numpy()
+    if "flipped" in arrays:
+        arrays["flipped"][a:b] = backbone(x.flip(-1)).to(torch.float16).cpu().numpy()
+    for arr in arrays.values():
+        arr.flush()
+    return b
 
 
 def _done(meta_path: Path, key: dict, files: list[Path]) -> int:
@@ -182,6 +209,4 @@ def _done(meta_path: Path, key: dict, files: list[Path]) -> int:
 
 
 def _write_meta(path: Path, key: dict, done: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"key": key, "done": done}, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"key": key, "done": done}, indent=1))

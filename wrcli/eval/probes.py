@@ -4,12 +4,12 @@ The probe is one 1×1 convolution on the frozen backbone's features after the up
 
 1. the cached low-resolution features (and, for image-guided upsamplers, the normalised image) go through the
    upsampler to the feature size: the label size S, or the token grid × ``scale``;
-2. ``pred = task.predict(conv(features))``;
+2. ``pred = head.predict(conv(features))``;
 3. ``train_at="label"`` (JAFAR, AnyUp, Probe3D): the prediction is resized bilinearly to the S × S target;
    ``train_at="feature"`` (FeatUp, LoftUp): the target is nearest-downsampled to the prediction instead;
-4. ``loss = task.loss(pred, target)``; AdamW step.
+4. ``loss = head.loss(pred, target)``; AdamW step.
 
-Evaluation resizes every prediction to the S × S target and feeds the task's accumulator.
+Evaluation resizes every prediction to the S × S target and feeds the head's accumulator.
 
 Learning rate, for epoch e of E and step t of T (W warm-up steps):
 
@@ -28,23 +28,30 @@ import dataclasses
 import math
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER
 from wrcli.errors import WrcError
 from wrcli.models.base import resize
 from wrcli.progress import Progress
+from wrcli.reports import mean_std
 
-from .common import describe_upsampler, environment, load_upsamplers, mean_std, parse_upsamplers, resolve_default
-from .datasets import ProbeData
+from .datasets import ProbeData, Split
 from .features import SplitCache, build_cache
+from .task import Bars, Measurement, RunOptions
+
+if TYPE_CHECKING:
+    from wrcli.backbones import Backbone
+    from wrcli.models import Upsampler
+    from wrcli.session import Session
 
 SCHEDULES = ("cosine-epoch", "warmup-cosine-step")
 
@@ -102,12 +109,12 @@ class Accumulator(TypingProtocol):
     def result(self) -> dict[str, Any]: ...
 
 
-class Task(TypingProtocol):
+class Head(TypingProtocol):
     """What differs between probes: head width, prediction, loss, target resizing and metrics."""
 
-    kind: str
     out_channels: int
     label_classes: int | None  # targets are class indices 0..label_classes−1 (or 255); None for depth
+    target_dtype: np.dtype  # of the cached targets: uint8 class indices, float32 depths
     metrics: tuple[str, ...]  # the scalar results, in table order
 
     def predict(self, out: Tensor) -> Tensor: ...
@@ -124,13 +131,9 @@ class Task(TypingProtocol):
 
 
 @dataclass(frozen=True)
-class ProbeOptions:
-    """How to run: which upsamplers and backbone, where, how many seeds, and overrides of the preset."""
+class ProbeOptions(RunOptions):
+    """How to run (:class:`~wrcli.eval.task.RunOptions`), how many seeds, and overrides of the preset."""
 
-    upsamplers: str | Sequence[str] = f"bilinear,{DEFAULT_UPSAMPLER}"  # "default": wrc with its shipped checkpoint, else bilinear
-    backbone: str = DEFAULT_BACKBONE
-    backbone_weights: str | None = None
-    device: str = "auto"
     seeds: int = 1
     limit: int | None = None  # first N images of each split
     cache: str | None = None  # feature cache folder (reused across runs); None: a temporary folder
@@ -140,18 +143,17 @@ class ProbeOptions:
     lr: float | None = None
     size: int | None = None
     scale: int | None = None
-    progress: bool = True
 
 
-def new_head(channels: int, task: Task, seed: int, device: torch.device) -> nn.Conv2d:
+def new_probe(channels: int, head: Head, seed: int, device: torch.device) -> nn.Conv2d:
     """The 1×1 conv probe, initialised (PyTorch's default init) from ``seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = nn.Conv2d(channels, task.out_channels, kernel_size=1)
-    return head.to(device)
+        probe = nn.Conv2d(channels, head.out_channels, kernel_size=1)
+    return probe.to(device)
 
 
-def upsampled(upsampler: Any, backbone: Any, pixels: Tensor, feats: Tensor, size: tuple[int, int]) -> Tensor:
+def upsampled(upsampler: Upsampler, backbone: Backbone, pixels: Tensor, feats: Tensor, size: tuple[int, int]) -> Tensor:
     """The upsampler's output at ``size`` for cached features (no gradient: the upsampler is frozen)."""
     with torch.no_grad():
         image = backbone.normalize(pixels) if upsampler.guided else None
@@ -163,11 +165,11 @@ def _to_target(pred: Tensor, target: Tensor) -> Tensor:
     return pred if pred.shape[-2:] == target.shape[-2:] else resize(pred, tuple(target.shape[-2:]), "bilinear")
 
 
-def train_probe(task: Task, protocol: Protocol, data: SplitCache, upsampler: Any, backbone: Any, seed: int,
-                device: torch.device, bar: Progress | None = None) -> nn.Conv2d:
+def train_probe(head: Head, protocol: Protocol, data: SplitCache, upsampler: Upsampler, backbone: Backbone,
+                seed: int, device: torch.device, bar: Progress | None = None) -> nn.Conv2d:
     """Train a fresh probe on ``data`` with ``protocol``; returns it in eval mode."""
-    head = new_head(data.feats.shape[1], task, seed, device)
-    opt = torch.optim.AdamW(head.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay)
+    probe = new_probe(data.feats.shape[1], head, seed, device)
+    opt = torch.optim.AdamW(probe.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     n, bs = len(data), protocol.batch_size
     steps = math.ceil(n / bs)
@@ -178,12 +180,12 @@ def train_probe(task: Task, protocol: Protocol, data: SplitCache, upsampler: Any
         for step in range(steps):
             idx = order[step * bs:(step + 1) * bs]
             pixels, feats, target = data.batch(idx, None if flips is None else flips[idx], device)
-            pred = task.predict(head(upsampled(upsampler, backbone, pixels, feats, size)))
+            pred = head.predict(probe(upsampled(upsampler, backbone, pixels, feats, size)))
             if protocol.train_at == "label":
                 pred = _to_target(pred, target)
             else:
-                target = task.shrink(target, tuple(pred.shape[-2:]))
-            loss = task.loss(pred, target)
+                target = head.shrink(target, tuple(pred.shape[-2:]))
+            loss = head.loss(pred, target)
             for group in opt.param_groups:
                 group["lr"] = protocol.lr * lr_factor(protocol, epoch, step, steps)
             opt.zero_grad(set_to_none=True)
@@ -191,23 +193,24 @@ def train_probe(task: Task, protocol: Protocol, data: SplitCache, upsampler: Any
             opt.step()
             if bar is not None:
                 bar.advance()
-    return head.eval()
+    return probe.eval()
 
 
-def predictions(task: Task, head: nn.Module, data: SplitCache, upsampler: Any, backbone: Any, protocol: Protocol,
-                device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+def predictions(head: Head, probe: nn.Module, data: SplitCache, upsampler: Upsampler, backbone: Backbone,
+                protocol: Protocol, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
     """(prediction at the target size, target) per batch of ``data``, in order, without flips."""
     size = protocol.feature_hw(backbone.patch_size)
     for start in range(0, len(data), protocol.batch_size):
         pixels, feats, target = data.batch(torch.arange(start, min(start + protocol.batch_size, len(data))), None, device)
         with torch.no_grad():
-            yield _to_target(task.predict(head(upsampled(upsampler, backbone, pixels, feats, size))), target), target
+            yield _to_target(head.predict(probe(upsampled(upsampler, backbone, pixels, feats, size))), target), target
 
 
-def evaluate(task: Task, head: nn.Module, data: SplitCache, upsampler: Any, backbone: Any, protocol: Protocol,
-             device: torch.device, bar: Progress | None = None) -> dict[str, Any]:
-    acc = task.accumulator()
-    for pred, target in predictions(task, head, data, upsampler, backbone, protocol, device):
+def evaluate(head: Head, probe: nn.Module, data: SplitCache, upsampler: Upsampler, backbone: Backbone,
+             protocol: Protocol, device: torch.device, bar: Progress | None = None) -> dict[str, Any]:
+    """The head's metrics of ``probe`` over ``data`` (:func:`predictions`)."""
+    acc = head.accumulator()
+    for pred, target in predictions(head, probe, data, upsampler, backbone, protocol, device):
         acc.update(pred, target)
         if bar is not None:
             bar.advance()
@@ -235,52 +238,82 @@ def _nanmean(values: Sequence[float]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def run_probe(task: Task, data: ProbeData, protocol: Protocol, options: ProbeOptions, target_dtype: np.dtype,
-              command: str | None = None) -> dict[str, Any]:
-    """Train and evaluate the probe for every upsampler and seed on the same cached data; the report (see
-    :mod:`wrcli.eval.common`)."""
-    from wrcli.backbones import load_backbone
-    from wrcli.runtime import current_rank, resolve_device
+class ProbeTask(ABC):
+    """A linear probe as an evaluation task (:class:`~wrcli.eval.task.Task`): the data reader gives the splits,
+    the per-image features are the split caches (:func:`~wrcli.eval.features.build_cache`), the metric trains
+    and evaluates a probe per upsampler and seed. A subclass gives ``kind``, ``metrics`` and the two methods
+    below."""
 
-    start = time.monotonic()
-    if options.seeds < 1:
-        raise WrcError("--seeds must be at least 1")
-    protocol = protocol.overridden(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, size=options.size,
-                                   scale=options.scale)
-    data = data.limited(options.limit)
-    names = parse_upsamplers(options.upsamplers)
-    device = resolve_device(options.device, current_rank())
-    backbone = load_backbone(options.backbone, options.backbone_weights, device=device)
-    models = load_upsamplers(resolve_default(names, backbone), backbone, device)
-    folder = tempfile.TemporaryDirectory(prefix="wrc-eval-") if options.cache is None else nullcontext(options.cache)
-    results: dict[str, Any] = {}
-    with folder as root:
-        common = dict(size=protocol.size, backbone=backbone, device=device, target_dtype=target_dtype,
-                      classes=task.label_classes,
-                      workers=options.workers, progress=options.progress)
-        train = build_cache(root, data.name, data.train, flip=protocol.flip, **common)
-        val = build_cache(root, data.name, data.val, flip=False, **common)
+    kind: str
+    metrics: tuple[str, ...]
+
+    def __init__(self, preset: Protocol, options: ProbeOptions) -> None:
+        self.preset, self.options = preset, options
+        self.settings = preset
+        self.data: ProbeData | None = None
+        self.head: Head | None = None
+
+    @abstractmethod
+    def open_data(self) -> ProbeData:
+        """The dataset with its train and evaluation splits."""
+
+    @abstractmethod
+    def make_head(self, data: ProbeData) -> Head:
+        """The probe's head for ``data`` (its classes, for segmentation)."""
+
+    def read(self) -> None:
+        o = self.options
+        if o.seeds < 1:
+            raise WrcError("--seeds must be at least 1")
+        self.settings = self.preset.overridden(epochs=o.epochs, batch_size=o.batch_size, lr=o.lr, size=o.size,
+                                               scale=o.scale)
+        self.data = self.open_data().limited(o.limit)
+        self.head = self.make_head(self.data)
+
+    @contextmanager
+    def features(self, session: Session, bars: Bars) -> Iterator[tuple[SplitCache, SplitCache]]:
+        """The train and evaluation caches, in ``options.cache`` or in a temporary folder removed afterwards."""
+        data, head, protocol = self._read()
+        folder = self.options.cache
+        with tempfile.TemporaryDirectory(prefix="wrc-eval-") if folder is None else nullcontext(folder) as root:
+            def split_cache(split: Split, flip: bool) -> SplitCache:
+                return build_cache(root, data.name, split, size=protocol.size, flip=flip, backbone=session.backbone,
+                                   device=session.device, target_dtype=head.target_dtype, classes=head.label_classes,
+                                   workers=self.options.workers, progress=bars.enabled)
+
+            yield split_cache(data.train, protocol.flip), split_cache(data.val, False)
+
+    def measure(self, session: Session, features: tuple[SplitCache, SplitCache], bars: Bars) -> Measurement:
+        """Per upsampler: a probe trained and evaluated per seed, the seeds summarised, and its seconds."""
+        _, head, protocol = self._read()
+        train, val = features
+        seeds = self.options.seeds
         per_seed = protocol.epochs * math.ceil(len(train) / protocol.batch_size) + math.ceil(len(val) / protocol.batch_size)
-        for label, model in models.items():
+        results: dict[str, dict[str, Any]] = {}
+        for label, model in session.upsamplers.items():
             began = time.monotonic()
-            bar = Progress(options.seeds * per_seed, f"probe {label}", unit="batch", enabled=options.progress)
+            bar = bars(seeds * per_seed, f"probe {label}", unit="batch")
             runs = []
-            for seed in range(options.seeds):
-                head = train_probe(task, protocol, train, model, backbone, seed, device, bar)
-                runs.append(evaluate(task, head, val, model, backbone, protocol, device, bar))
+            for seed in range(seeds):
+                probe = train_probe(head, protocol, train, model, session.backbone, seed, session.device, bar)
+                runs.append(evaluate(head, probe, val, model, session.backbone, protocol, session.device, bar))
             bar.close()
-            results[label] = {**summarise(runs, task.metrics), "seconds": round(time.monotonic() - began, 2)}
-    return {
-        "task": task.kind,
-        "protocol": {**dataclasses.asdict(protocol), "feature_size": list(protocol.feature_hw(backbone.patch_size)),
-                     "probe": f"1x1 conv, {backbone.channels} → {task.out_channels} channels", "optimizer": "AdamW",
-                     **task.describe(), "seeds": list(range(options.seeds)),
-                     "seed_controls": "probe initialisation, data order and flips (the same for every upsampler)"},
-        "dataset": data.describe(),
-        "environment": environment(device),
-        "backbone": backbone.config(),
-        "upsamplers": {label: describe_upsampler(m) for label, m in models.items()},
-        "results": results,
-        "seconds": round(time.monotonic() - start, 2),
-        "command": command,
-    }
+            results[label] = {**summarise(runs, head.metrics), "seconds": round(time.monotonic() - began, 2)}
+        return Measurement(results)
+
+    def protocol(self, session: Session) -> dict[str, Any]:
+        _, head, protocol = self._read()
+        backbone = session.backbone
+        return {**dataclasses.asdict(protocol), "feature_size": list(protocol.feature_hw(backbone.patch_size)),
+                "probe": f"1x1 conv, {backbone.channels} → {head.out_channels} channels", "optimizer": "AdamW",
+                **head.describe(), "seeds": list(range(self.options.seeds)),
+                "seed_controls": "probe initialisation, data order and flips (the same for every upsampler)"}
+
+    def dataset(self) -> dict[str, Any]:
+        data, _, _ = self._read()
+        return data.describe()
+
+    def _read(self) -> tuple[ProbeData, Head, Protocol]:
+        if self.data is None or self.head is None:
+            raise RuntimeError(f"{type(self).__name__}: read() comes first")
+        return self.data, self.head, self.settings

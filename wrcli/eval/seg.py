@@ -26,9 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .datasets import open_seg
+from wrcli.errors import WrcError
+
+from .datasets import ProbeData, open_seg
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from .probes import ProbeOptions, Protocol, run_probe
+from .probes import ProbeOptions, ProbeTask, Protocol
+from .task import run_task
 
 SEG_PROTOCOLS = {
     "jafar": Protocol("jafar", size=448, epochs=20, batch_size=4, lr=5e-4, weight_decay=1e-5, flip=True),
@@ -60,9 +63,11 @@ class ConfusionAccumulator:
                 "per_class_iou": dict(zip(self.classes, iou, strict=True))}
 
 
-class SegTask:
-    kind = "seg"
+class SegHead:
+    """Per-pixel class logits, cross-entropy, mIoU and pixel accuracy (:class:`~wrcli.eval.probes.Head`)."""
+
     metrics = ("miou", "accuracy")
+    target_dtype = np.dtype(np.uint8)
 
     def __init__(self, classes: tuple[str, ...], ignore_index: int | None) -> None:
         self.classes, self.ignore_index = classes, ignore_index
@@ -87,13 +92,28 @@ class SegTask:
                            "ignored pixels excluded; one confusion matrix over the split"}
 
 
-def run_seg(root: str | os.PathLike, dataset: str = "auto", protocol: str = "jafar",
-            options: ProbeOptions = ProbeOptions(), command: str | None = None) -> dict[str, Any]:
-    """Linear-probe segmentation on dataset ``root`` for every upsampler of ``options``; the report."""
-    from wrcli.errors import WrcError
+class SegProbe(ProbeTask):
+    """``wrc eval seg``: the segmentation probe on dataset ``root`` (``dataset``: a layout name or auto)."""
 
-    if protocol not in SEG_PROTOCOLS:
-        raise WrcError(f"unknown segmentation protocol {protocol!r}; use {' or '.join(SEG_PROTOCOLS)}")
-    data = open_seg(dataset, root)
-    task = SegTask(data.classes, data.ignore_index)
-    return run_probe(task, data, SEG_PROTOCOLS[protocol], options, np.dtype(np.uint8), command)
+    kind = "seg"
+    metrics = SegHead.metrics
+
+    def __init__(self, root: str | os.PathLike, dataset: str = "auto", protocol: str = "jafar",
+                 options: ProbeOptions | None = None) -> None:
+        if protocol not in SEG_PROTOCOLS:
+            raise WrcError(f"unknown segmentation protocol {protocol!r}; use {' or '.join(SEG_PROTOCOLS)}")
+        super().__init__(SEG_PROTOCOLS[protocol], options or ProbeOptions())
+        self.root, self.layout = root, dataset
+
+    def open_data(self) -> ProbeData:
+        return open_seg(self.layout, self.root)
+
+    def make_head(self, data: ProbeData) -> SegHead:
+        return SegHead(data.classes, data.ignore_index)
+
+
+def run_seg(root: str | os.PathLike, dataset: str = "auto", protocol: str = "jafar",
+            options: ProbeOptions | None = None, command: str | None = None) -> dict[str, Any]:
+    """Linear-probe segmentation on dataset ``root`` for every upsampler of ``options``; the report."""
+    task = SegProbe(root, dataset, protocol, options)
+    return run_task(task, task.options, command)
