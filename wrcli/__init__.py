@@ -12,6 +12,8 @@ The public API is small and imported lazily so that ``import wrcli`` (and ``wrc 
 
 from __future__ import annotations
 
+from wrcli.lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "Backbone", "load_backbone", "load_upsampler", "save_upsampler", "list_upsamplers"]
@@ -25,9 +27,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'wrcli' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -10,7 +10,6 @@ instead of retrying for a minute.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import pickle
 import threading
@@ -29,7 +28,8 @@ from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import Tensor, nn
 
 from wrcli.defaults import DEFAULT_BACKBONE
-from wrcli.errors import WrcError
+from wrcli.errors import WrcError, first_line
+from wrcli.files import file_sha256
 
 __all__ = ["DEFAULT_BACKBONE", "Backbone", "load_backbone"]
 
@@ -155,7 +155,7 @@ def load_backbone(
         state = _read_state_dict(path)
         model = _create_model(name, pretrained=False, **kwargs)
         _load_strict(model, state, path, name)
-        sha256 = _sha256(path)
+        sha256 = file_sha256(path)
     elif pretrained:
         model = _create_pretrained(name, cfg, kwargs)
     else:
@@ -204,7 +204,7 @@ def _create_pretrained(name: str, cfg: Any, kwargs: dict[str, Any]) -> nn.Module
     try:
         return _create_model(name, pretrained=True, **kwargs)
     except OSError as e:
-        raise WrcError(f"cannot download weights for {name}: {_first_line(e)}; {_OFFLINE_FIX}") from e
+        raise WrcError(f"cannot download weights for {name}: {first_line(e)}; {_OFFLINE_FIX}") from e
 
 
 def _cached_hub_file(cfg: Any) -> str | None:
@@ -262,7 +262,7 @@ def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
             "unpickled; save a plain state dict (ideally as .safetensors)"
         ) from e
     except (OSError, RuntimeError, safetensors.SafetensorError) as e:
-        raise WrcError(f"cannot read backbone weights {path}: {_first_line(e)}") from e
+        raise WrcError(f"cannot read backbone weights {path}: {first_line(e)}") from e
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise WrcError(f"backbone weights {path} are not a flat state dict of tensors (timm layout expected)")
     return state
@@ -289,15 +289,3 @@ def _load_strict(model: nn.Module, state: Mapping[str, Tensor], path: Path, name
 def _few(items: list[str], n: int = 3) -> str:
     more = f" (+{len(items) - n} more)" if len(items) > n else ""
     return ", ".join(items[:n]) + more
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

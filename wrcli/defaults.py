@@ -6,3 +6,13 @@ DEFAULT_BACKBONE = "vit_small_patch14_dinov2.lvd142m"
 DEFAULT_UPSAMPLER = "default"
 # file names that --upsampler reads as a checkpoint (even before the file exists, for a clear "not found")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
+# what a feature store holds
+STORE_DTYPES = ("float16", "float32")
+# `wrc train --recipe`: the settings each recipe gives (explicit options override them). "wrcli" (the default) is
+# what trained the shipped checkpoint (its model card); "published" is the authors' configuration.
+TRAIN_RECIPES = {
+    "wrcli": {"lr": 1e-3, "skip": True, "mse": "raw"},
+    "published": {"lr": 2e-4, "skip": False, "mse": "range"},
+}
+DEFAULT_TRAIN_RECIPE = "wrcli"
+TRAIN_MSE = ("range", "raw")  # the loss's MSE term: the authors' range-scaled one, or the plain one

@@ -5,6 +5,8 @@ Names are imported lazily: ``discover`` needs no torch, ``ImageDataset`` does.
 
 from __future__ import annotations
 
+from wrcli.lazy import lazy_getattr
+
 __all__ = [
     "IMAGE_EXTENSIONS", "Source", "discover", "is_image_name",
     "ResizePolicy", "ImageError", "load_image", "ImageDataset",
@@ -22,9 +24,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'wrcli.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from wrcli.errors import first_line
+
 from .backend import select
 from .sampling import reverse
 
@@ -138,7 +140,7 @@ def _compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
             try:
                 return compiled(*args)
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
-                failed.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                failed.append(first_line(exc) if not str(exc).strip() else f"{type(exc).__name__}: {first_line(exc)}")
                 warnings.warn(f"torch.compile of {fn.__name__} failed ({failed[0]}); running it eagerly", RuntimeWarning, stacklevel=2)
         return fn(*args)
 
