@@ -80,6 +80,7 @@ def scene() -> torch.Tensor:
 # --- real DINOv2 ViT-S/14 weights ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_dinov2_loads_with_expected_shapes_and_metadata(dinov2_weights: Path) -> None:
     bb = real_backbone(dinov2_weights)
     assert sum(p.numel() for p in bb.parameters()) == 22_056_192
@@ -109,6 +110,7 @@ def test_real_dinov2_loads_with_expected_shapes_and_metadata(dinov2_weights: Pat
         assert bb(bb.normalize(images(1, 3, 224, 308))).shape == (1, 384, 16, 22)
 
 
+@pytest.mark.slow
 def test_real_features_equal_timm_forward_features(dinov2_weights: Path) -> None:
     reference = timm.create_model(
         "vit_small_patch14_dinov2",
@@ -123,6 +125,7 @@ def test_real_features_equal_timm_forward_features(dinov2_weights: Path) -> None
         torch.testing.assert_close(bb(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_real_layer_selection_concatenates_in_given_order(dinov2_weights: Path) -> None:
     two = real_backbone(dinov2_weights, (5, -1))
     assert (two.layers, two.channels) == ((5, 11), 768)
@@ -137,6 +140,7 @@ def test_real_layer_selection_concatenates_in_given_order(dinov2_weights: Path) 
     torch.testing.assert_close(reversed_, torch.cat([both[:, 384:], both[:, :384]], 1), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_real_features_are_semantic(dinov2_weights: Path) -> None:
     """DINOv2 features survive colour inversion (solarisation is one of its training augmentations) and tell a
     scene from noise; random-init features flip sign under inversion and permuted weights collapse to a

@@ -287,6 +287,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_equals_uninterrupted(tmp_path, vits_weights):
     src = photos(tmp_path / "in", 24)
     args = ["extract", str(src), "OUT", *base_args(vits_weights, "--upsampler", "bilinear", "--size", "112",
@@ -313,6 +314,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path, vits_weights):
     assert_same_store(killed, clean)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_torchrun_two_processes_equal_one(tmp_path, vits_weights, suffix):
     src = photos(tmp_path / "in", 7)

@@ -52,6 +52,7 @@ def run(fn, inputs: dict, s: int, path: str):
     return out.detach(), {k: v.grad for k, v in leaves.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile needs a C++ compiler on CPU")
 @pytest.mark.parametrize("fn", [official, exact], ids=["official", "exact"])
 def test_compiled_path_equals_eager(fn):

@@ -154,6 +154,7 @@ def test_batch_is_independent_per_sample(name):
 
 
 # ---------------------------------------------------------------- gradients
+@pytest.mark.slow
 @pytest.mark.parametrize("centre", ["image", "kernel"])
 @pytest.mark.parametrize("name", SOLVERS)
 def test_gradcheck_solvers(name, centre):

@@ -17,7 +17,6 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import numpy as np
@@ -25,15 +24,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from wrcli import __version__
-from wrcli.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from wrcli.defaults import DEFAULT_UPSAMPLER
+from wrcli.backbones import Backbone
+from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER, STORE_DTYPES
 from wrcli.data import ImageDataset, ResizePolicy, discover
 from wrcli.errors import WrcError
-from wrcli.models import Upsampler, load_upsampler
+from wrcli.models import Upsampler
 from wrcli.progress import Progress
 from wrcli.runtime import (
-    Rank, current_rank, lean_forks, page_align_large_tensors, resolve_device, run_when_idle, trim_memory, wait_until,
+    Rank, current_rank, lean_forks, page_align_large_tensors, run_when_idle, trim_memory, wait_until,
 )
+from wrcli.session import describe_upsampler, open_session
 from wrcli.stores import ImageRecord, StoreSpec, create_store, finalize_store, open_writer, store_format
 
 SHARD_BYTES = 64 << 20  # padded bytes of features per shard (bounds memory and the redo after a crash)
@@ -62,27 +62,20 @@ class ExtractOptions:
     wait_timeout: float = 86400.0
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class Extractor:
     """Backbone + upsampler + resize policy: turns uint8 image batches into upsampled features."""
 
-    def __init__(self, opts: ExtractOptions, device: torch.device):
+    def __init__(self, opts: ExtractOptions):
         if opts.scale < 1:
             raise WrcError(f"--scale must be ≥ 1, got {opts.scale}")
-        if opts.dtype not in ("float16", "float32"):
-            raise WrcError(f"--dtype must be float16 or float32, got {opts.dtype!r}")
-        self.opts, self.device = opts, device
-        self.backbone: Backbone = load_backbone(opts.backbone, opts.backbone_weights, layers=opts.layers, device=device)
-        self.upsampler: Upsampler | None = None
-        if opts.scale != 1 or opts.out_size is not None:
-            self.upsampler = load_upsampler(opts.upsampler, self.backbone).to(device).fold_batchnorm()
+        if opts.dtype not in STORE_DTYPES:
+            raise WrcError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, got {opts.dtype!r}")
+        upsampled = opts.scale != 1 or opts.out_size is not None
+        session = open_session([opts.upsampler] if upsampled else None, backbone=opts.backbone,
+                               weights=opts.backbone_weights, device=opts.device, layers=opts.layers)
+        self.opts, self.device = opts, session.device
+        self.backbone: Backbone = session.backbone
+        self.upsampler: Upsampler | None = next(iter(session.upsamplers.values()), None)
         self.policy = ResizePolicy(size=opts.size, patch=self.backbone.patch_size, crop=opts.crop, max_side=opts.max_side)
         self.n_layers = len(self.backbone.layers)
 
@@ -113,14 +106,7 @@ class Extractor:
 
     def settings(self) -> dict[str, Any]:
         """Everything that determines the stored features (hashed into the store's fingerprint)."""
-        up = self.upsampler
-        ckpt = None if up is None else up.checkpoint
-        upsampler = {"name": "none"} if up is None else {
-            "name": up.name,
-            "checkpoint": str(ckpt) if ckpt else None,
-            "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
-            "config": up.config,
-        }
+        upsampler = {"name": "none"} if self.upsampler is None else describe_upsampler(self.upsampler)
         return {
             "wrcli_version": __version__,
             "backbone": self.backbone.config(),
@@ -219,8 +205,7 @@ def extract(
     rank = current_rank()
     fmt = store_format(out, opts.format)
     source = discover(src, stdin=stdin, limit=opts.limit)
-    device = resolve_device(opts.device, rank)
-    model = Extractor(opts, device)
+    model = Extractor(opts)
     grid = model.grid()
     settings = model.settings()
     settings["shard_size"] = opts.shard_size or shard_size_for(model.backbone.channels, grid, opts.dtype)
