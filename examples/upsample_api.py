@@ -4,6 +4,7 @@ Run: python examples/upsample_api.py [--weights dinov2_vits14.safetensors] [--up
 """
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from wrcli import load_backbone, load_upsampler
 
 here = Path(__file__).parent
 parser = argparse.ArgumentParser()
-parser.add_argument("--weights", help="backbone weights file for offline use (default: the model hub)")
+parser.add_argument("--weights", default=os.environ.get("WRC_BACKBONE_WEIGHTS"),
+                    help="backbone weights file for offline use (default: $WRC_BACKBONE_WEIGHTS, else the model hub)")
 parser.add_argument("--upsampler", default="default", help="registry name (default, wrc, bilinear, ...) or checkpoint file")
 args = parser.parse_args()
 

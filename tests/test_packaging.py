@@ -31,3 +31,22 @@ def test_wheel_ships_kernels_and_checkpoints(tmp_path):
     for source in [*(REPO / "cuda").glob("*.cu"), *(REPO / "cuda").glob("*.cuh")]:
         assert f"wrcli/cuda/{source.name}" in names
     assert "wrcli/checkpoints/wrc_dinov2_vits14.safetensors" in names
+
+
+def test_requires_python_admits_no_version_a_dependency_refuses():
+    """Our Python floor must be one every runtime dependency supports (zarr 3, numpy 2 and typer need 3.11)."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    floor = SpecifierSet(project["requires-python"])
+    (lowest,) = [spec.version for spec in floor if spec.operator == ">="]
+    for dep in project["dependencies"]:
+        name = Requirement(dep).name
+        try:
+            theirs = metadata(name).get("Requires-Python") or ""
+        except PackageNotFoundError:
+            continue
+        assert SpecifierSet(theirs).contains(lowest), f"{name} needs Python {theirs}, but we say {floor}"
