@@ -12,9 +12,11 @@ import torch
 from wrcli.bench import (
     BenchOptions,
     compulsory_bytes,
+    contention,
     parse_batches,
     parse_choices,
     peak_memory,
+    report_table,
     run_bench,
     solve_args,
     solve_inputs,
@@ -97,13 +99,66 @@ def test_option_lists_are_validated():
         parse_choices("fp32,fp16", ("fp32", "bf16"), "--precision")
 
 
+def test_contention_warns_when_other_processes_hold_the_cpus():
+    assert contention(0.2, 2, 2) is None and contention(1.4, 2, 1) is None and contention(None, 2, 2) is None
+    assert contention(3.0, 16, 8) is None  # plenty of idle CPUs left for the threads
+    warning = contention(1.2, 2, 2)
+    assert "load average 1.2 on 2 CPUs" in warning and "2 torch threads" in warning
+    assert "OMP_NUM_THREADS=1" in warning and contention(1.6, 2, 1) is not None
+
+
+def rendered(table) -> list[str]:
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=200, file=io.StringIO())
+    console.print(table)
+    return console.file.getvalue().splitlines()
+
+
+def cells_of(line: str) -> list[str]:
+    return [c.strip() for c in line.strip()[1:-1].split("│")]
+
+
+def synthetic_row(case: str, name: str, backend: str | None, median: float, **extra) -> dict:
+    t = {"median": median, "p25": median * 0.9, "p75": median * 1.1, "min": median * 0.8, "max": median * 1.5,
+         "runs": [median]}
+    return {"case": case, "name": name, "batch": 2, "precision": "bf16", "backend": backend, "time_ms": t,
+            "per_image_ms": median / 2, "memory": {"scope": "process RSS, this case", "peak_mib": 812.4, "rise_mib": 31.6},
+            "relative": None, **extra}
+
+
+def test_report_table_has_one_row_per_result_and_the_caption():
+    solve = synthetic_row("solve", "exact", "compiled", 12.34, relative={"to": "fft", "ratio": 1.5},
+                          floor={"us": 250.0, "measured_over_floor": 49.36})
+    fft = synthetic_row("fft", "rfft2+irfft2", None, 8.2, memory={"scope": "process RSS, this case", "peak_mib": None})
+    report = {
+        "settings": {"backbone": ARCH, "size": 448, "grid": [32, 32], "scale": 2, "device": "cpu", "warmup": 2, "repeats": 5},
+        "environment": {"cpu_threads": 2, "cpus": 2, "load_average": [1.2, 2.5]},
+        "results": [solve, fft], "bandwidth": {"copy_bytes_per_s": 13.4e9, "peak_bytes_per_s": None},
+        "skipped": [{"case": "solve", "backend": "cupy", "reason": "needs CUDA"}],
+        "warnings": ["load average 1.2 on 2 CPUs before the run"],
+    }
+    lines = rendered(report_table(report))
+    assert "448 px, grid 32×32, ×2" in lines[0] and "cpu, 2 threads" in lines[0] and "5 repeats" in lines[0]
+    exact = [line for line in lines if " exact " in line]
+    assert len(exact) == 1
+    assert cells_of(exact[0]) == ["solve", "exact", "2", "bf16", "compiled", "12.3", "11.1–13.6", "9.87–18.5", "6.17",
+                     "812 (+32)", "1.50× fft", "250", "49.4×"]
+    assert cells_of(next(line for line in lines if "rfft2" in line))[9:] == ["-", "", "", ""]
+    text = "\n".join(lines)
+    assert "copy bandwidth 13.4 GB/s" in text and "1.2 at the start, 2.5 at the end, on 2 CPUs" in text
+    assert "skipped solve cupy: needs CUDA" in text and "warning: load average 1.2 on 2 CPUs" in text
+
+
 # -- a whole run ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def report(vits_weights) -> dict:
     opts = BenchOptions(backbone=ARCH, backbone_weights=str(vits_weights), upsamplers="bilinear,default", device="cpu",
                         size=56, batches="1,2", precisions="fp32,bf16", backends="torch,cupy", warmup=0, repeats=2)
-    return run_bench(opts, log=None)
+    return run_bench(opts)
 
 
 def rows_of(report: dict, case: str) -> dict[tuple, dict]:
@@ -125,6 +180,7 @@ def test_every_requested_combination_is_measured(report):
     env = report["environment"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["cpu_threads"] == 1
     assert len(env["load_average"]) == 2
+    assert report["warnings"] == ([w] if (w := contention(env["load_average"][0], env["cpus"], 1)) else [])
     json.dumps(report)  # plain JSON, nothing needs a default
 
 

@@ -9,12 +9,15 @@ import torch
 from PIL import Image
 
 from wrcli import cli
+from wrcli.session import open_session
 from wrcli.viz import (
     COLOURS,
     GAP,
     LABEL_HEIGHT,
     colourise,
     compose,
+    enlarge,
+    feature_maps,
     panel_size,
     pca_basis,
     pca_rgb,
@@ -113,6 +116,54 @@ def test_panel_layout_places_each_tile():
     assert px[:LABEL_HEIGHT].min() < 64  # the labels are drawn
 
 
+def test_enlarge_is_nearest_with_centred_blocks():
+    values = torch.arange(6.0).view(1, 2, 3)
+    big = enlarge(values, (4, 9))
+    assert big.shape == (1, 4, 9)
+    assert big[0, :, 0].tolist() == [0, 0, 3, 3] and big[0, 0].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    odd = enlarge(torch.arange(3.0).view(1, 3), (1, 7))  # 7/3 px per value: centres decide, 2 + 3 + 2
+    assert odd[0].tolist() == [0, 0, 1, 1, 1, 2, 2]
+    assert enlarge(torch.arange(4.0).view(2, 2), (2, 2)).equal(torch.arange(4.0).view(2, 2))
+
+
+def test_feature_maps_follow_the_scale_and_report_each_upsampler(vits_weights):
+    session = open_session("nearest,bilinear", backbone=ARCH, weights=str(vits_weights), device="cpu")
+    array = np.random.default_rng(0).integers(0, 256, (28, 42, 3), dtype=np.uint8)  # a 2×3 token grid
+    calls: list[None] = []
+    for k, (scale, hw) in enumerate(((1, (2, 3)), (2, (4, 6)), (4, (8, 12)), (0, (28, 42)))):
+        maps = feature_maps(session, array, scale, done=lambda: calls.append(None))
+        assert [tuple(m.shape) for m in maps] == [(384, *hw)] * 2 and len(calls) == 2 * (k + 1), scale
+        assert all(m.dtype == torch.float32 for m in maps)
+
+
+def runs(tile: np.ndarray, axis: int) -> int:
+    """How many runs of equal rows (axis 0) or columns (axis 1) a tile has."""
+    changes = np.any(np.diff(tile.astype(np.int16), axis=axis) != 0, axis=(1 - axis, 2))
+    return 1 + int(changes.sum())
+
+
+def test_cli_scale_sets_the_feature_resolution_not_the_picture_size(tmp_path, vits_weights, capsys, monkeypatch):
+    src = photos(tmp_path / "in", 1)  # 60×80 → 28×42 at --size 28: a 2×3 token grid
+    found = {}
+    for scale in ("1", "2", "0"):
+        out = tmp_path / f"viz-{scale}"
+        code, stdout, err = run_cli(["viz", str(src), "--out", str(out), "--upsampler", "bilinear", "--size", "28",
+                                     "--scale", scale, "--backbone", ARCH, "--backbone-weights", str(vits_weights),
+                                     "--device", "cpu", "--json"], capsys, monkeypatch)
+        assert code == 0, err
+        summary = json.loads(stdout)
+        assert summary["scale"] == int(scale) and "viz: 1/1 map" in err
+        panel = np.asarray(Image.open(summary["written"][0]))
+        assert panel.shape[:2][::-1] == panel_size((28, 42), 1, 1)  # the picture size never changes
+        pca = panel[LABEL_HEIGHT:LABEL_HEIGHT + 28, 42 + GAP:2 * 42 + GAP]
+        found[scale] = (summary["feature_hw"][0], runs(pca, 0), runs(pca, 1))
+    # nearest display: one block of picture pixels per feature pixel
+    assert found["1"] == ([2, 3], 2, 3) and found["2"] == ([4, 6], 4, 6)
+    assert found["0"][0] == [28, 42] and found["0"][1] > 4 and found["0"][2] > 6
+    code, _, err = run_cli(["viz", str(src), "--out", str(tmp_path / "x"), "--scale", "-1"], capsys, monkeypatch)
+    assert code == cli.EXIT_USAGE and "--scale" in err
+
+
 def test_to_uint8():
     rgb = torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1)
     assert to_uint8(rgb).tolist() == [[[0, 128, 255]]]
@@ -131,6 +182,8 @@ def test_cli_draws_one_png_per_image(tmp_path, vits_weights, capsys, monkeypatch
     assert [f["path"].endswith("broken.png") for f in summary["failed"]] == [True] and "broken.png" in err
     assert [p.rsplit("/", 1)[1] for p in summary["written"]] == ["img 000.png", "img 001.png"]
     assert summary["upsamplers"] == ["bilinear", "nearest"] and summary["queries"] == [[10.0, 20.0], [59.0, 79.0]]
+    assert summary["scale"] == 2 and summary["feature_hw"] == [[4, 6], [6, 4]]  # ×2 the token grid by default
+    assert "viz: 6/6 map" in err  # progress per upsampler: 3 images (one unreadable) × 2 upsamplers
     # 60×80 (h×w) → 28×42 at --size 28 (short side 28, sides patch multiples): 3 columns, 3 rows
     assert Image.open(summary["written"][0]).size == panel_size((28, 42), 2, 2)
     assert Image.open(summary["written"][1]).size == panel_size((42, 28), 2, 2)

@@ -23,6 +23,10 @@ per-case allocator counter: the process's peak resident set (VmHWM) during the c
 ``/proc/self/clear_refs`` after returning freed heap to the OS, and its rise over the resident set at the
 start; where the reset is refused, the running peak since the process started.
 
+Load: the 1-minute load average before and after the run. On CPU, when other processes already keep the
+CPUs busy (:func:`contention`), a warning goes into the report, the table's caption and the log: threads
+that wait for each other while the scheduler runs someone else make CPU times many times their idle value.
+
 Bandwidth floor of a solve: every input read once and the output written once, in bytes, over the
 bandwidth of a large device-to-device copy measured here (bytes moved = 2 × buffer); on CUDA also over the
 theoretical peak 2 · memory clock · bus width / 8.
@@ -33,7 +37,6 @@ from __future__ import annotations
 import os
 import re
 import statistics
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,8 +49,9 @@ from torch import Tensor
 
 from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER
 from wrcli.errors import WrcError
-from wrcli.ops.backend import BACKENDS
 from wrcli.models.wrc import WRCUpsampler
+from wrcli.ops.backend import BACKENDS
+from wrcli.session import Session
 
 CASES = ("backbone", "upsampler", "solve", "fft", "pipeline")
 PRECISIONS = ("fp32", "bf16")
@@ -409,10 +413,6 @@ def add_relative(rows: list[dict[str, Any]]) -> None:
         row["relative"] = {"to": to, "ratio": row["time_ms"]["median"] / ref} if ref else None
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def _describe(row: dict[str, Any]) -> str:
     backend = f" {row['backend']}" if row["backend"] and row["case"] == "solve" else ""
     return f"{row['case']} {row['name']} batch {row['batch']} {row['precision']}{backend}"
@@ -432,12 +432,24 @@ def _load() -> float | None:
         return None
 
 
-def _environment(device: torch.device, command: str | None) -> dict[str, Any]:
+def contention(load: float | None, cpus: int | None, threads: int) -> str | None:
+    """A warning when other processes already keep the CPUs busy: the load average at the start leaves
+    fewer than ``threads`` idle CPUs (with half a CPU of slack), so torch's threads are descheduled while
+    they wait for each other and a call can take 10–50× its idle time (``BENCHMARKS.md``); else None."""
+    if load is None or not cpus or load <= cpus - threads + 0.5:
+        return None
+    return (f"load average {load:.1f} on {cpus} CPUs before the run, with {threads} torch "
+            f"thread{'s' if threads != 1 else ''}: other processes "
+            f"compete for the CPU and a call can take many times its idle time; measure on an idle machine, "
+            f"or with OMP_NUM_THREADS=1")
+
+
+def _environment(device: torch.device, command: str | None, load: float | None) -> dict[str, Any]:
     """Versions, machine, date, command line and the load average at the start (the end is appended)."""
-    from wrcli.eval.common import environment
+    from wrcli.reports import environment
 
     env = environment(device)
-    env.update(torch_cuda=torch.version.cuda, cpus=os.cpu_count(), load_average=[_load()],
+    env.update(torch_cuda=torch.version.cuda, cpus=os.cpu_count(), load_average=[load],
                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=command)
     if device.type == "cuda":
         from wrcli.ops.backend import cupy_available
@@ -463,29 +475,47 @@ NOTES = [
 ]
 
 
-def run_bench(opts: BenchOptions, *, command: str | None = None,
-              log: Callable[[str], None] | None = _stderr) -> dict[str, Any]:
-    """Run the requested cases and return the report (see the module doc)."""
-    from wrcli.backbones import load_backbone
-    from wrcli.eval.common import describe_upsampler, load_upsamplers, parse_upsamplers, resolve_default
+def _open(opts: BenchOptions, plan: Plan, log: Callable[[str], None]) -> tuple[Session, list[str], list[dict[str, str]]]:
+    """Device → the runnable solve backends (before anything heavy) → backbone and the upsamplers the cases
+    need: (session, backends, skipped backends)."""
     from wrcli.runtime import current_rank, resolve_device
+    from wrcli.session import open_session, parse_upsamplers
 
-    start = time.monotonic()
-    log = log or (lambda line: None)
-    plan = make_plan(opts)
     names = parse_upsamplers(opts.upsamplers)
     device = resolve_device(opts.device, current_rank())
-    env = _environment(device, command)
     backends, skipped = runnable_backends(plan.backends, device) if "solve" in plan.cases else ([], [])
     for note in skipped:
         log(f"bench: skipping the {note['backend']} solve backend: {note['reason']}")
-    bb = load_backbone(opts.backbone, opts.backbone_weights, device=device)
-    if opts.size < bb.patch_size or opts.size % bb.patch_size:
-        raise WrcError(f"--size {opts.size} is not a positive multiple of the patch size {bb.patch_size} of {bb.name}")
-    needs_models = {"upsampler", "pipeline"} & set(plan.cases)
-    models = load_upsamplers(resolve_default(names, bb), bb, device) if needs_models else {}
-    bandwidth = _measure_bandwidth(device) if "solve" in plan.cases else None
-    bench = Bench(plan, opts, device, bb, models, backends, bandwidth)
+    needs_models = bool({"upsampler", "pipeline"} & set(plan.cases))
+    session = open_session(names if needs_models else None, backbone=opts.backbone, weights=opts.backbone_weights,
+                           device=str(device))
+    patch = session.backbone.patch_size
+    if opts.size < patch or opts.size % patch:
+        raise WrcError(f"--size {opts.size} is not a positive multiple of the patch size {patch} of {session.backbone.name}")
+    return session, backends, skipped
+
+
+def _settings(opts: BenchOptions, plan: Plan, bench: Bench, backends: list[str]) -> dict[str, Any]:
+    return {"device": str(bench.device), "backbone": bench.bb.name, "size": opts.size, "scale": opts.scale,
+            "grid": list(bench.grid), "solve_channels": bench.solve_channels, "cases": plan.cases,
+            "batches": plan.batches, "precisions": plan.precisions, "backends": backends,
+            "upsamplers": list(bench.models), "warmup": opts.warmup, "repeats": opts.repeats}
+
+
+def run_bench(opts: BenchOptions, *, command: str | None = None,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the requested cases and return the report (see the module doc); ``log`` gets one line per
+    measured row and per note (the CLI writes them to stderr)."""
+    start, load = time.monotonic(), _load()
+    log = log or (lambda line: None)
+    plan = make_plan(opts)
+    session, backends, skipped = _open(opts, plan, log)
+    env = _environment(session.device, command, load)
+    warning = contention(load, env["cpus"], env["cpu_threads"]) if session.device.type == "cpu" else None
+    if warning:
+        log(f"bench: warning: {warning}")
+    bandwidth = _measure_bandwidth(session.device) if "solve" in plan.cases else None
+    bench = Bench(plan, opts, session.device, session.backbone, session.upsamplers, backends, bandwidth)
     rows: list[dict[str, Any]] = []
     for case in plan.cases:
         for row in getattr(bench, case)():
@@ -494,18 +524,9 @@ def run_bench(opts: BenchOptions, *, command: str | None = None,
     add_relative(rows)
     env["load_average"].append(_load())
     return {
-        "task": "bench",
-        "settings": {"device": str(device), "backbone": bb.name, "size": opts.size, "scale": opts.scale,
-                     "grid": list(bench.grid), "solve_channels": bench.solve_channels, "cases": plan.cases, "batches": plan.batches,
-                     "precisions": plan.precisions, "backends": backends, "upsamplers": list(models),
-                     "warmup": opts.warmup, "repeats": opts.repeats},
-        "environment": env,
-        "backbone": bb.config(),
-        "upsamplers": {label: describe_upsampler(m) for label, m in models.items()},
-        "bandwidth": bandwidth,
-        "results": rows,
-        "skipped": skipped,
-        "notes": NOTES,
+        "task": "bench", "settings": _settings(opts, plan, bench, backends), "environment": env,
+        "backbone": session.backbone.config(), "upsamplers": session.describe_upsamplers(), "bandwidth": bandwidth,
+        "results": rows, "skipped": skipped, "warnings": [warning] if warning else [], "notes": NOTES,
         "seconds": time.monotonic() - start,
     }
 
@@ -547,12 +568,13 @@ def _caption(report: dict[str, Any]) -> str:
     if None not in load:
         lines.append(f"load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end, on {cpus} CPUs")
     lines += [f"skipped {s['case']} {s['backend']}: {s['reason']}" for s in report["skipped"]]
+    lines += [f"warning: {w}" for w in report.get("warnings", [])]
     return "\n".join(lines)
 
 
-def print_report(report: dict[str, Any]) -> None:
-    """The results as a table on stdout (plain text when it is not a terminal)."""
-    from rich.console import Console
+def report_table(report: dict[str, Any]) -> Any:
+    """The results as a rich ``Table`` (one row per measurement, the settings in the title, memory scope,
+    bandwidth, load and skipped backends in the caption); the CLI prints it."""
     from rich.table import Table
 
     s, env = report["settings"], report["environment"]
@@ -566,4 +588,4 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_column(name, justify="right")
     for row in report["results"]:
         table.add_row(*_cells(row))
-    Console(file=sys.stdout, width=200).print(table)
+    return table

@@ -10,15 +10,21 @@ one similarity map per query point (the point is ringed on every tile of its row
 PCA-RGB: the three principal directions of all upsamplers' features of the image together, so equal
 colours mean equal features across columns. Similarity: cosine with the feature at the query point,
 shown on a fixed scale (0 → dark, 1 → bright; negatives as 0), so maps are comparable across columns.
-Features are upsampled to the backbone input size; the pictures are at that size.
+
+Resolution: features are upsampled ×``scale`` of the token grid (2 by default, as ``wrc extract``; 0 = to
+the backbone input size, the slow way: a learned ×2 upsampler then makes ⌈log₂ patch⌉ passes, the
+guidance image doubled with each after the first), PCA and similarities are computed at that resolution, and each tile
+is enlarged to the picture (the backbone input size) by nearest neighbour, so one feature pixel is one
+visible block and the picture shows the features' true resolution.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +33,10 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from wrcli.errors import WrcError
+
+if TYPE_CHECKING:
+    from wrcli.progress import Progress
+    from wrcli.session import Session
 
 # viridis at 0, ¼, ½, ¾, 1 (the similarity colour scale, piecewise linear in between)
 COLOURS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
@@ -80,6 +90,15 @@ def similarity_map(features: Tensor, point: tuple[int, int]) -> Tensor:
     """Cosine similarity (H,W) of every pixel of (C,H,W) ``features`` with the pixel ``point`` = (y, x)."""
     unit = F.normalize(features.float(), dim=0)
     return torch.einsum("c,chw->hw", unit[:, point[0], point[1]], unit)
+
+
+def enlarge(values: Tensor, size: tuple[int, int]) -> Tensor:
+    """(..., h, w) → (..., H, W) by nearest neighbour with pixel centres aligned: output pixel (i, j) takes
+    input pixel (⌊(i + ½)·h/H⌋, ⌊(j + ½)·w/W⌋), so each input pixel becomes a block of about H/h × W/w."""
+    if tuple(values.shape[-2:]) == tuple(size):
+        return values
+    flat = values.reshape(-1, 1, *values.shape[-2:]).float()
+    return F.interpolate(flat, size=size, mode="nearest-exact").reshape(*values.shape[:-2], *size)
 
 
 def colourise(values: Tensor) -> np.ndarray:
@@ -151,37 +170,96 @@ def _png_name(path: str, used: set[str]) -> str:
     return name
 
 
-def run_viz(sources: Sequence[str], out_dir: str, *, upsamplers: str | Sequence[str], backbone: str,
-            backbone_weights: str | None = None, device: str = "auto", size: int = 448, max_side: int | None = None,
-            queries: Sequence[tuple[float, float]] = (), progress: bool = True) -> dict[str, Any]:
-    """Write one PNG per image into ``out_dir``; ``queries`` are (y, x) in original pixels (default: the centre).
+@dataclass(frozen=True)
+class VizOptions:
+    """How each image is drawn: the resize policy's short side and long-side cap, the feature scale (× the
+    token grid; 0 = the input size) and the query points (y, x) in original pixels (none: the centre)."""
 
-    Returns {"written": [png paths], "failed": [{"path", "error"}], ...}; an image that cannot be decoded is
-    reported and skipped.
-    """
-    from wrcli.backbones import load_backbone
-    from wrcli.data.images import ImageError, ResizePolicy, load_image
-    from wrcli.data.sources import discover
-    from wrcli.eval.common import load_upsamplers, parse_upsamplers, resolve_default
-    from wrcli.progress import Progress
-    from wrcli.runtime import current_rank, resolve_device
+    size: int = 448
+    max_side: int | None = None
+    scale: int = 2
+    queries: Sequence[tuple[float, float]] = ()
 
-    start = time.monotonic()
-    names = parse_upsamplers(upsamplers)
-    paths = [fs for src in sources for _, fs in discover(src).items]
-    if not paths:
-        raise WrcError("no images to draw")
+
+def _out_folder(out_dir: str) -> Path:
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WrcError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
-    dev = resolve_device(device, current_rank())
-    bb = load_backbone(backbone, backbone_weights, device=dev)
-    models = load_upsamplers(resolve_default(names, bb), bb, dev)
-    policy = ResizePolicy(size=size, patch=bb.patch_size, max_side=max_side)
-    bar = Progress(len(paths), "viz", enabled=progress)
+    return out
+
+
+def feature_maps(session: Session, array: np.ndarray, scale: int,
+                 done: Callable[[], object] | None = None) -> list[Tensor]:
+    """The (C, h·s, w·s) float features of an (H,W,3) uint8 image from each upsampler of the session (to
+    (H, W) when ``scale`` is 0); ``done()`` is called after each upsampler (progress within an image)."""
+    bb, input_hw = session.backbone, array.shape[:2]
+    target = {"size": input_hw} if scale == 0 else {"scale": scale}
+    maps = []
+    with torch.inference_mode():
+        image = bb.normalize(torch.from_numpy(array).permute(2, 0, 1)[None].to(session.device))
+        tokens = bb(image)
+        for up in session.upsamplers.values():
+            maps.append(up.upsample(tokens, image, **target)[0].float())
+            if done is not None:
+                done()
+    return maps
+
+
+def draw(array: np.ndarray, labels: Sequence[str], maps: Sequence[Tensor],
+         points: Sequence[tuple[int, int]], feature_points: Sequence[tuple[int, int]]) -> Image.Image:
+    """The panel of one image: PCA-RGB and similarity tiles from ``maps`` at their resolution (the similarity
+    to ``feature_points``), each enlarged to the image's size; ``points`` are ringed at that size."""
+    hw = array.shape[:2]
+    pca_tiles = [to_uint8(enlarge(rgb, hw)) for rgb in pca_rgb(maps)]
+    sim_tiles = [[colourise(enlarge(similarity_map(m, p), hw)) for m in maps] for p in feature_points]
+    return compose(array, labels, pca_tiles, sim_tiles, points)
+
+
+def _draw_image(session: Session, array: np.ndarray, orig_hw: tuple[int, int], opts: VizOptions, target: Path,
+                bar: Progress) -> list[int]:
+    """Draw one decoded image (H,W,3) uint8 of original size ``orig_hw`` into ``target``; returns the feature
+    maps' [h, w]."""
+    maps = feature_maps(session, array, opts.scale, done=bar.advance)
+    feature_hw = tuple(maps[0].shape[-2:])
+    queries = opts.queries or [((orig_hw[0] - 1) / 2, (orig_hw[1] - 1) / 2)]  # default: the centre
+    panel = draw(array, list(session.upsamplers), maps, [scale_point(q, orig_hw, array.shape[:2]) for q in queries],
+                 [scale_point(q, orig_hw, feature_hw) for q in queries])
+    try:
+        panel.save(target)
+    except OSError as exc:
+        raise WrcError(f"cannot write {target}: {exc.strerror or exc}") from None
+    return list(feature_hw)
+
+
+def run_viz(sources: Sequence[str], out_dir: str, *, upsamplers: str | Sequence[str], backbone: str,
+            backbone_weights: str | None = None, device: str = "auto", opts: VizOptions = VizOptions(),
+            progress: bool = True) -> dict[str, Any]:
+    """Write one PNG per image into ``out_dir`` (see the module doc).
+
+    Returns {"written": [png paths], "feature_hw": [(h, w) of each], "failed": [{"path", "error"}], ...}; an
+    image that cannot be decoded is reported and skipped. Progress counts maps: one image through one
+    upsampler.
+    """
+    from wrcli.data.images import ImageError, ResizePolicy, load_image
+    from wrcli.data.sources import discover
+    from wrcli.progress import Progress
+    from wrcli.session import open_session, parse_upsamplers
+
+    start = time.monotonic()
+    if opts.scale < 0:
+        raise WrcError(f"--scale must be ≥ 0 (0: the input size), got {opts.scale}")
+    names = parse_upsamplers(upsamplers)
+    paths = [fs for src in sources for _, fs in discover(src).items]
+    if not paths:
+        raise WrcError("no images to draw")
+    out = _out_folder(out_dir)
+    session = open_session(names, backbone=backbone, weights=backbone_weights, device=device)
+    policy = ResizePolicy(size=opts.size, patch=session.backbone.patch_size, max_side=opts.max_side)
+    bar = Progress(len(paths) * len(session.upsamplers), "viz", unit="map", enabled=progress)
     written: list[str] = []
+    feature_hw: list[list[int]] = []
     failed: list[dict[str, str]] = []
     used: set[str] = set()
     try:
@@ -190,26 +268,13 @@ def run_viz(sources: Sequence[str], out_dir: str, *, upsamplers: str | Sequence[
                 array, orig_hw = load_image(path, policy)
             except ImageError as exc:
                 failed.append({"path": path, "error": exc.reason})
-                bar.advance()
+                bar.advance(len(session.upsamplers))
                 continue
-            input_hw = array.shape[:2]
-            centre = ((orig_hw[0] - 1) / 2, (orig_hw[1] - 1) / 2)
-            points = [scale_point(q, orig_hw, input_hw) for q in (queries or [centre])]
-            with torch.inference_mode():
-                image = bb.normalize(torch.from_numpy(array).permute(2, 0, 1)[None].to(dev))
-                tokens = bb(image)
-                maps = [up.upsample(tokens, image, size=input_hw)[0].float() for up in models.values()]
-            pca_tiles = [to_uint8(rgb) for rgb in pca_rgb(maps)]
-            sim_tiles = [[colourise(similarity_map(m, p)) for m in maps] for p in points]
-            panel = compose(array, list(models), pca_tiles, sim_tiles, points)
             target = out / _png_name(path, used)
-            try:
-                panel.save(target)
-            except OSError as exc:
-                raise WrcError(f"cannot write {target}: {exc.strerror or exc}") from None
+            feature_hw.append(_draw_image(session, array, orig_hw, opts, target, bar))
             written.append(str(target))
-            bar.advance()
     finally:
         bar.close()
-    return {"written": written, "failed": failed, "upsamplers": list(models), "size": size,
-            "queries": [list(q) for q in queries] or "centre", "seconds": time.monotonic() - start}
+    return {"written": written, "feature_hw": feature_hw, "failed": failed, "upsamplers": list(session.upsamplers),
+            "size": opts.size, "scale": opts.scale, "queries": [list(q) for q in opts.queries] or "centre",
+            "seconds": time.monotonic() - start}
