@@ -11,17 +11,17 @@ The held-out split, the targets (full-size and tiled-quadrant features) and the 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
-from wrcli.backbones import load_backbone
 from wrcli.defaults import DEFAULT_BACKBONE
-from wrcli.extract import file_sha256
+from wrcli.files import file_sha256
 from wrcli.models import load_upsampler
-from wrcli.training import data, validation
+from wrcli.reports import write_report
+from wrcli.session import open_session
 from wrcli.training import cache as feature_cache
+from wrcli.training import data, validation
 from wrcli.training.targets import backbone_identity
 
 
@@ -38,7 +38,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    backbone = load_backbone(args.backbone, args.weights)
+    session = open_session(None, backbone=args.backbone, weights=args.weights, device="cpu")
+    backbone, device = session.backbone, session.device
     model = load_upsampler(args.checkpoint, backbone)
     held = [i for i in data.list_images(args.images) if data.held_out(i.name, args.val)]
     start = time.monotonic()
@@ -46,19 +47,18 @@ def main() -> None:
         identity = backbone_identity(backbone)
         entries = [feature_cache.entry(args.cache, image.path, file_sha256(image.path), "val", identity=identity,
                                        size=args.size, crops=0, variants=0) for image in held]
-        feature_cache.build([e for e in entries if not feature_cache.is_valid(e)], backbone, torch.device("cpu"),
+        feature_cache.build([e for e in entries if not feature_cache.is_valid(e)], backbone, device,
                             size=args.size, crops=0, variants=0, workers=0, progress=True)
         sample = validation.from_cache([e.path for e in entries])
     else:
-        samples = validation.in_memory(held, backbone, torch.device("cpu"), size=args.size, batch=4, workers=0)
+        samples = validation.in_memory(held, backbone, device, size=args.size, batch=4, workers=0)
         sample = samples.__getitem__
-    result = validation.validate(model, backbone.normalize, sample, len(held), torch.device("cpu"), batch=4)
+    result = validation.validate(model, backbone.normalize, sample, len(held), device, batch=4)
     result["seconds"] = time.monotonic() - start
     result["checkpoint"] = args.checkpoint
     print(validation.describe(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_report(args.json, result)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
-"""wrc train: the loss and crop geometry, learning, exact resume, the feature cache, validation, failures, DDP.
+"""wrc train: the loss and crop geometry, the recipes, learning, exact resume, the feature cache, validation,
+failures, DDP, the command line.
 
-Everything runs on a tiny random-init ViT (2 blocks, 64 channels, weights saved to a file so every run and
-every check sees the same backbone) at size 112 (56-px low-res view, 4×4 tokens → 8×8).
+Training runs on a tiny random-init ViT (2 blocks, 64 channels, weights saved to a file so every run and every
+check sees the same backbone) at size 112 (56-px low-res view, 4×4 tokens → 8×8), with the published recipe
+unless a test says otherwise (the behaviour these tests pinned before the wrcli recipe became the default).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,13 +30,19 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import wrcli.train
+from wrcli import cli
 from wrcli.backbones import Backbone, load_backbone
 from wrcli.data.images import ResizePolicy, load_image
+from wrcli.defaults import TRAIN_RECIPES
 from wrcli.errors import WrcError
 from wrcli.models import load_upsampler
-from wrcli.train import TrainOptions, train
-from wrcli.training import cosine_mse, crop_offsets, crop_views, crop_windows, lr_factor
+from wrcli.train import TrainingStopped, TrainOptions, summary_line, train
+from wrcli.training import builder, cosine_mse, crop_offsets, crop_views, crop_windows, lr_factor
 from wrcli.training.recipe import crop_positions
+
+from .conftest import photos
+from .test_extract import run_cli
 
 ARCH = "vit_small_patch14_dinov2"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 112}
@@ -68,12 +79,13 @@ def setup(tmp_path_factory) -> dict:
 
 
 def options(setup: dict, **changes) -> TrainOptions:
-    base = TrainOptions(
-        steps=6, batch_size=2, lr=1e-3, warmup=2, size=SIZE, backbone=ARCH, backbone_weights=setup["weights"]["tiny"],
-        backbone_kwargs=TINY, workers=0, val=setup["val"], val_every=0, log_every=1, checkpoint_every=100,
-        progress=False,
-    )
-    return replace(base, **changes)
+    """Quick settings on the tiny ViT: the published recipe at lr 1e-3, unless ``changes`` say otherwise."""
+    base = {
+        "recipe": "published", "steps": 6, "batch_size": 2, "lr": 1e-3, "warmup": 2, "size": SIZE, "backbone": ARCH,
+        "backbone_weights": setup["weights"]["tiny"], "backbone_kwargs": TINY, "workers": 0, "val": setup["val"],
+        "val_every": 0, "log_every": 1, "checkpoint_every": 100, "progress": False,
+    }
+    return TrainOptions(**{**base, **changes})
 
 
 def weights_of(path: str | Path) -> dict[str, torch.Tensor]:
@@ -143,9 +155,38 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 # ---------------------------------------------------------------------------------------------------
+# recipes and options
+# ---------------------------------------------------------------------------------------------------
+def test_the_defaults_are_the_recipe_of_the_shipped_checkpoint():
+    opts = TrainOptions()
+    assert opts.recipe == "wrcli" and {k: getattr(opts, k) for k in TRAIN_RECIPES["wrcli"]} == TRAIN_RECIPES["wrcli"]
+    # the model card's command (wrcli/checkpoints/wrc_dinov2_vits14.md): --lr 1e-3 --skip --mse raw, the rest
+    # wrc train's defaults (batch 4, weight decay 1e-5, warm-up 1000 capped at a tenth of the steps, weights 1)
+    assert (opts.lr, opts.skip, opts.mse) == (1e-3, True, "raw")
+    assert (opts.batch_size, opts.weight_decay, opts.warmup, opts.down_weight, opts.aug_weight) == (4, 1e-5, 1000, 1, 1)
+
+
+def test_the_published_recipe_and_options_that_override_a_recipe():
+    published = TrainOptions(recipe="published")
+    assert (published.lr, published.skip, published.mse) == (2e-4, False, "range")  # the authors' config
+    mixed = TrainOptions(recipe="published", skip=True, lr=5e-4)
+    assert (mixed.lr, mixed.skip, mixed.mse) == (5e-4, True, "range")
+    assert (TrainOptions(skip=False).skip, TrainOptions(mse="range").mse) == (False, "range")
+    assert mixed.as_dict()["recipe"] == "published" and mixed.as_dict()["skip"] is True
+    with pytest.raises(WrcError, match="unknown recipe 'paper'; use one of wrcli, published"):
+        TrainOptions(recipe="paper")
+    with pytest.raises(WrcError, match="unknown --mse"):
+        TrainOptions(mse="l1")
+    with pytest.raises(WrcError, match="steps=0"):
+        TrainOptions(steps=0)
+
+
+# ---------------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------------
-def test_training_reduces_the_loss_and_writes_a_loadable_model(setup, tmp_path, capsys):
+@pytest.mark.slow
+def test_training_reduces_the_loss_and_writes_a_loadable_model(setup, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="wrcli")
     out = tmp_path / "wrc.safetensors"
     result = train(setup["images"], str(out), options(setup, steps=30, warmup=3, progress=True, log_every=5, val_every=10))
     logs = [json.loads(line) for line in (tmp_path / "wrc.safetensors.log.jsonl").read_text().splitlines()]
@@ -157,28 +198,32 @@ def test_training_reduces_the_loss_and_writes_a_loadable_model(setup, tmp_path, 
     assert set(result["losses"]) == {"loss", "local", "down", "aug"}
     assert [r["step"] for r in logs if "validation" in r] == [10, 20, 30]
     assert logs[-1]["validation"] == result["validation"]
-    err = capsys.readouterr().err
-    assert "loss" in err and "bilinear cos" in err
+    assert "loss" in caplog.text and "bilinear cos" in caplog.text
+    assert summary_line(result) == f"wrote {out} (30 steps, validation " + ", ".join(
+        f"{t} cos {result['validation']['model'][t]['cos']:.4f} vs bilinear {result['validation']['bilinear'][t]['cos']:.4f}"
+        for t in ("full", "tiles")) + ")"
 
     model = load_upsampler(out)
     assert model.name == "wrc" and model.channels == 64
     prov = model.provenance
+    assert prov["recipe"] == "published" and prov["options"]["recipe"] == "published"
     assert prov["steps"] == 30 and prov["data"]["images"] == 6 and prov["data"]["validation"]["images"] == 2
     assert prov["validation"] == result["validation"] and prov["options"]["lr"] == 1e-3
     assert {"torch", "timm", "device", "seconds", "command"} <= set(prov)
 
 
-def test_skip_and_raw_mse_options_train_and_are_saved(setup, tmp_path):
+@pytest.mark.slow
+def test_the_wrcli_recipe_trains_with_skip_and_raw_mse_and_is_recorded(setup, tmp_path):
     out = tmp_path / "skip.safetensors"
-    result = train(setup["images"], str(out), options(setup, steps=4, skip=True, mse="raw"))
+    result = train(setup["images"], str(out), options(setup, steps=4, recipe="wrcli"))
     assert result["completed"] and all(v > 0 for v in result["losses"].values() if v is not None)
     model = load_upsampler(out, load_backbone(ARCH, setup["weights"]["tiny"], **TINY))
     assert model.skip and model.config["options"]["skip"] is True
+    assert model.provenance["recipe"] == "wrcli" and model.provenance["options"]["mse"] == "raw"
     assert model.head.weight.abs().sum() > 0  # the zero-initialised head has learned a correction
-    with pytest.raises(WrcError, match="unknown --mse"):
-        train(setup["images"], str(tmp_path / "x.safetensors"), options(setup, mse="l1"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cached", [False, True], ids=["live", "cached"])
 def test_resume_equals_uninterrupted(setup, tmp_path, cached):
     cache = str(tmp_path / "cache") if cached else None
@@ -194,6 +239,7 @@ def test_resume_equals_uninterrupted(setup, tmp_path, cached):
     assert [s for s in logged] == [1, 2, 3, 4, 5, 6, 6]  # the last line is the final validation
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_state_and_resume_finishes_identically(setup, tmp_path):
     out = tmp_path / "m.safetensors"
     log = tmp_path / "m.safetensors.log.jsonl"
@@ -205,16 +251,18 @@ def test_ctrl_c_saves_the_state_and_resume_finishes_identically(setup, tmp_path)
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_when_training, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingStopped) as stop:  # a KeyboardInterrupt that says where the state is
         train(setup["images"], str(out), opts)
     stopped = torch.load(f"{out}.state.pt", weights_only=True)["step"]
     assert 2 <= stopped < 8
+    assert str(stop.value) == f"stopped at step {stopped}/8; the training state is in {out}.state.pt"
     train(setup["images"], str(out), replace(opts, resume=True))
     whole = tmp_path / "whole.safetensors"
     train(setup["images"], str(whole), opts)
     assert_bitwise_equal(weights_of(whole), weights_of(out))
 
 
+@pytest.mark.slow
 def test_state_file_loads_weights_only_and_refuses_changed_options(setup, tmp_path):
     out = tmp_path / "m.safetensors"
     train(setup["images"], str(out), options(setup, stop_after=2))
@@ -232,11 +280,16 @@ def test_state_file_loads_weights_only_and_refuses_changed_options(setup, tmp_pa
     with pytest.raises(WrcError, match="backbone"):
         train(setup["images"], str(out), options(setup, resume=True, backbone_weights=setup["weights"]["other"],
                                                  backbone_kwargs={**TINY, "depth": 1}))
-    # options that do not change the result are free to change
-    result = train(setup["images"], str(out), options(setup, resume=True, workers=1, log_every=3, stop_after=3))
-    assert result["steps"] == 3
+    with pytest.raises(WrcError, match="skip: False then, True now"):  # another recipe is other settings
+        train(setup["images"], str(out), options(setup, resume=True, recipe="wrcli"))
+    # options that do not change the result are free to change, and so is the recipe's name when the run's
+    # settings are given explicitly (a run made before the wrcli recipe was the default resumes that way)
+    result = train(setup["images"], str(out), options(setup, resume=True, workers=1, log_every=3, stop_after=3,
+                                                     recipe="wrcli", skip=False, mse="range"))
+    assert result["steps"] == 3 and summary_line(result) == f"stopped at step 3; the training state is in {out}.state.pt"
 
 
+@pytest.mark.slow
 def test_cached_training_never_calls_the_backbone_and_stale_entries_are_rebuilt(setup, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     train(setup["images"], str(tmp_path / "a.safetensors"), options(setup, cache=str(cache), steps=2))
@@ -266,6 +319,7 @@ def test_cached_training_never_calls_the_backbone_and_stale_entries_are_rebuilt(
     assert all(safe_open(str(f), "pt").metadata()["wrcli-cache"] != keys[f] for f in files)
 
 
+@pytest.mark.slow
 def test_validation_reports_model_and_an_independent_bilinear(setup, tmp_path):
     out = tmp_path / "m.safetensors"
     result = train(setup["images"], str(out), options(setup, steps=2))
@@ -298,6 +352,7 @@ def test_validation_reports_model_and_an_independent_bilinear(setup, tmp_path):
     assert val["model"] != val["bilinear"] and val["bilinear"]["full"] != val["bilinear"]["tiles"]
 
 
+@pytest.mark.slow
 def test_fraction_split_is_deterministic_by_name(setup, tmp_path):
     opts = options(setup, steps=1, val=0.5, batch_size=1)
     a = train(setup["images"], str(tmp_path / "a.safetensors"), opts)
@@ -306,7 +361,8 @@ def test_fraction_split_is_deterministic_by_name(setup, tmp_path):
     assert (a["images"], a["validation"]["images"]) == (b["images"], b["validation"]["images"])
 
 
-def test_unreadable_images_are_skipped_and_too_few_fail(setup, tmp_path):
+@pytest.mark.slow
+def test_unreadable_images_are_skipped_and_too_few_fail(setup, tmp_path, monkeypatch):
     folder = tmp_path / "mixed"
     folder.mkdir()
     for i, src in enumerate(sorted(Path(setup["images"]).iterdir())[:3]):
@@ -318,6 +374,23 @@ def test_unreadable_images_are_skipped_and_too_few_fail(setup, tmp_path):
     assert result["images"] == 3 and result["skipped"] == 2
     with pytest.warns(UserWarning), pytest.raises(WrcError, match="only 3 readable training image"):
         train(str(folder), str(tmp_path / "n.safetensors"), options(setup, steps=1, batch_size=4))
+
+    # an image that breaks after the scan fails the run in a DataLoader worker: its one-line message, unwrapped
+    good = tmp_path / "good"
+    good.mkdir()
+    for src in sorted(folder.glob("ok*")):
+        (good / src.name).write_bytes(src.read_bytes())
+    victim, original = sorted(good.iterdir())[0], builder._sources
+
+    def break_one_then(*args):
+        victim.write_bytes(b"not an image any more")
+        return original(*args)
+
+    monkeypatch.setattr(builder, "_sources", break_one_then)
+    with pytest.raises(WrcError, match=f"training image {victim.name} became unreadable during training") as err:
+        train(str(good), str(tmp_path / "b.safetensors"), options(setup, steps=1, batch_size=3, val=None, workers=1))
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+    assert not multiprocessing.active_children()  # the worker is gone (it ignores SIGTERM: exit would hang)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -332,6 +405,7 @@ with open(f"{sys.argv[3]}.rank{os.environ['RANK']}.json", "w") as f:
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(setup, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -358,3 +432,84 @@ def test_ddp_two_processes_on_cpu(setup, tmp_path):
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3]  # one writer: rank 0
     assert logged[0]["images_per_s"] > 0
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 8
+
+
+# ---------------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------------
+def run_train_cli(args: list[str], capsys, monkeypatch, outcome) -> tuple[int, str, list[TrainOptions]]:
+    """``wrc train imgs --out m.safetensors ARGS`` with train() replaced by ``outcome(out, opts)``: the exit
+    code, stderr and the options the command built."""
+    seen: list[TrainOptions] = []
+
+    def recorder(images: str, out: str, opts: TrainOptions) -> dict:
+        seen.append(opts)
+        return outcome(out, opts)
+
+    monkeypatch.setattr(wrcli.train, "train", recorder)
+    code, _, err = run_cli(["train", "imgs", "--out", "m.safetensors", *args], capsys, monkeypatch)
+    return code, err, seen
+
+
+def _finished(out: str, opts: TrainOptions) -> dict:
+    model = {"full": {"cos": 0.92051, "mse": 0.7}, "tiles": {"cos": 0.74688, "mse": 2.3}}
+    bilinear = {"full": {"cos": 0.91572, "mse": 0.75}, "tiles": {"cos": 0.70631, "mse": 2.8}}
+    return {"steps": opts.steps, "completed": True, "out": out, "state": f"{out}.state.pt",
+            "validation": {"images": 60, "model": model, "bilinear": bilinear}}
+
+
+def test_cli_recipes_flags_and_where_the_checkpoint_went(capsys, monkeypatch):
+    def settings(*args: str) -> tuple:
+        code, err, seen = run_train_cli([*args], capsys, monkeypatch, _finished)
+        assert code == 0, err
+        return seen[0].recipe, seen[0].lr, seen[0].skip, seen[0].mse
+
+    assert settings() == ("wrcli", 1e-3, True, "raw")
+    assert settings("--recipe", "published") == ("published", 2e-4, False, "range")
+    assert settings("--recipe", "published", "--skip", "--lr", "5e-4") == ("published", 5e-4, True, "range")
+    assert settings("--no-skip", "--mse", "range") == ("wrcli", 1e-3, False, "range")
+    code, err, _ = run_train_cli(["--steps", "1600"], capsys, monkeypatch, _finished)
+    assert err.strip().splitlines()[-1] == ("wrc: wrote m.safetensors (1600 steps, validation full cos 0.9205 vs "
+                                            "bilinear 0.9157, tiles cos 0.7469 vs bilinear 0.7063)")
+    for bad in (["--recipe", "paper"], ["--mse", "l1"]):
+        code, err, seen = run_train_cli(bad, capsys, monkeypatch, _finished)
+        assert code == cli.EXIT_USAGE and bad[0] in err and not seen
+
+
+def test_cli_says_where_the_state_is_and_how_to_continue(capsys, monkeypatch):
+    def stopped(out: str, opts: TrainOptions) -> dict:
+        raise TrainingStopped(120, opts.steps, Path(f"{out}.state.pt"))
+
+    code, err, _ = run_train_cli(["--steps", "1600"], capsys, monkeypatch, stopped)
+    assert code == cli.EXIT_INTERRUPTED
+    assert err.strip().splitlines()[-1] == ("wrc: stopped at step 120/1600; the training state is in "
+                                            "m.safetensors.state.pt; continue with: wrc train imgs --out "
+                                            "m.safetensors --steps 1600 --resume")
+
+    def unfinished(out: str, opts: TrainOptions) -> dict:
+        return {"steps": 3, "completed": False, "out": None, "state": f"{out}.state.pt", "validation": None}
+
+    code, err, _ = run_train_cli(["--resume"], capsys, monkeypatch, unfinished)
+    assert code == 0 and err.strip().splitlines()[-1] == (
+        "wrc: stopped at step 3; the training state is in m.safetensors.state.pt; continue with: wrc train imgs "
+        "--out m.safetensors --resume")
+
+
+@pytest.mark.slow
+def test_cli_trains_and_says_where_the_model_went(tmp_path, vits_weights, capsys, monkeypatch):
+    """The real ViT-S/14 architecture (random weights) through ``wrc train``, at a 28-pixel low-res view."""
+    src, val, out = photos(tmp_path / "in", 2), photos(tmp_path / "val", 1, seed=1), tmp_path / "m.safetensors"
+    code, stdout, err = run_cli(
+        ["train", str(src), "--out", str(out), "--backbone", ARCH, "--backbone-weights", str(vits_weights),
+         "--size", "56", "--steps", "2", "--batch-size", "1", "--val", str(val), "--workers", "0", "--log-every", "1",
+         "--recipe", "published", "--skip", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    last = err.strip().splitlines()[-1]
+    assert last == f"wrc: {summary_line(json.loads(stdout))}"
+    number = r"-?[0-9]+\.[0-9]{4}"
+    assert re.fullmatch(rf"wrc: wrote {re.escape(str(out))} \(2 steps, validation full cos {number} vs bilinear "
+                        rf"{number}, tiles cos {number} vs bilinear {number}\)", last), last
+    assert "step 2/2  loss" in err  # the library's loss lines reach the terminal
+    model = load_upsampler(out)
+    assert model.skip and model.provenance["recipe"] == "published"
+    assert (model.provenance["options"]["mse"], model.provenance["options"]["lr"]) == ("range", 2e-4)

@@ -1,5 +1,5 @@
-"""The parts of ``wrc train`` (:mod:`wrcli.train`): the recipe's pure functions, data order and samples, the
-feature cache, the training state file, validation."""
+"""The parts of ``wrc train`` (:mod:`wrcli.train`): the options and recipes, the recipe's pure functions, data
+order and samples, the feature cache, the training state file, validation, the run's builder and its loop."""
 
 from .recipe import (
     cosine_mse,

@@ -28,10 +28,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from wrcli.backbones import Backbone
+from wrcli.files import atomic_write
 from wrcli.progress import Progress
+from wrcli.runtime import Rank, wait_until
 
 from . import recipe
-from .data import ImageRef, decode
+from .data import ImageRef, ImageSplit, decode
 from .targets import train_targets, val_targets
 
 FORMAT = 1
@@ -108,42 +110,63 @@ class _Decode(Dataset):
         return i, decode(ImageRef(e.image_path, e.image_path), self.size, self.patch)
 
 
+def prepare(root: str | os.PathLike, images: ImageSplit, backbone: Backbone, device: torch.device, *, identity: dict,
+            size: int, crops: int, variants: int, workers: int, progress: bool,
+            rank: Rank) -> tuple[list[Entry], list[Entry]]:
+    """The (training, validation) entries of ``images`` under ``root``, built where missing or stale: process
+    ``rank.rank`` builds every ``rank.world``-th of them, then waits until the other processes' are valid."""
+    common = {"identity": identity, "size": size, "crops": crops, "variants": variants}
+    train = [entry(root, i.path, i.sha256, "train", **common) for i in images.train]
+    val = [entry(root, i.path, i.sha256, "val", **common) for i in images.val]
+    everything = train + val
+    mine = [e for n, e in enumerate(everything) if n % rank.world == rank.rank and not is_valid(e)]
+    build(mine, backbone, device, size=size, crops=crops, variants=variants, workers=workers, progress=progress)
+    if rank.world > 1:
+        wait_until(lambda: all(map(is_valid, everything)), timeout=7 * 86400.0, poll=2.0,
+                   what=f"the other processes to build the feature cache in {root}")
+    return train, val
+
+
 def build(entries: Sequence[Entry], backbone: Backbone, device: torch.device, *, size: int, crops: int, variants: int,
           workers: int, progress: bool) -> None:
     """Compute and write ``entries`` (stale or missing ones; the caller picks them), one image at a time."""
     if not entries:
         return
-    patch = backbone.patch_size
-    loader = DataLoader(_Decode(entries, size, patch), batch_size=None, num_workers=workers)
+    loader = DataLoader(_Decode(entries, size, backbone.patch_size), batch_size=None, num_workers=workers)
     bar = Progress(len(entries), "feature cache", enabled=progress)
     try:
         for i, pixels in loader:
             e = entries[i]
             pixels = pixels.to(device)
             if e.role == "train":
-                offsets = variant_offsets(e.image_sha256, variants, crops, size, patch)
-                views = torch.cat([recipe.crop_views(pixels, o) for o in offsets])
-                lr = recipe.half_view(pixels)
-                lr_feats, crop_feats, down_feats = train_targets(backbone, lr[None], views)
-                tensors = {"lr": lr, "lr_feats": lr_feats[0], "down_feats": down_feats[0]}
-                for v, feats in enumerate(crop_feats.split(crops)):
-                    tensors[f"crops.{v}"], tensors[f"offsets.{v}"] = feats, offsets[v]
+                tensors = _train_tensors(backbone, pixels, variant_offsets(e.image_sha256, variants, crops, size,
+                                                                           backbone.patch_size))
             else:
-                lr, lr_feats, hr_feats, tile_feats = val_targets(backbone, pixels[None])
-                tensors = {"lr": lr[0], "lr_feats": lr_feats[0], "hr_feats": hr_feats[0], "tile_feats": tile_feats[0]}
+                tensors = _val_tensors(backbone, pixels)
             _write(e, tensors)
             bar.advance()
     finally:
         bar.close()
 
 
+def _train_tensors(backbone: Backbone, pixels: Tensor, offsets: Tensor) -> dict[str, Tensor]:
+    """A train entry's tensors from the uint8 training image (3,S,S) and its crop sets' offsets (V,K,2)."""
+    views = torch.cat([recipe.crop_views(pixels, o) for o in offsets])
+    lr = recipe.half_view(pixels)
+    lr_feats, crop_feats, down_feats = train_targets(backbone, lr[None], views)
+    tensors = {"lr": lr, "lr_feats": lr_feats[0], "down_feats": down_feats[0]}
+    for v, feats in enumerate(crop_feats.split(offsets.shape[1])):
+        tensors[f"crops.{v}"], tensors[f"offsets.{v}"] = feats, offsets[v]
+    return tensors
+
+
+def _val_tensors(backbone: Backbone, pixels: Tensor) -> dict[str, Tensor]:
+    """A val entry's tensors from the uint8 training-size image (3,S,S)."""
+    lr, lr_feats, hr_feats, tile_feats = val_targets(backbone, pixels[None])
+    return {"lr": lr[0], "lr_feats": lr_feats[0], "hr_feats": hr_feats[0], "tile_feats": tile_feats[0]}
+
+
 def _write(e: Entry, tensors: dict[str, Tensor]) -> None:
     stored = {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in tensors.items()}
-    e.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = e.path.with_name(f".{e.path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(e.path) as tmp:
         save_file(stored, str(tmp), metadata={KEY: e.key})
-        os.replace(tmp, e.path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

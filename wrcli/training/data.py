@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from wrcli.data.images import ImageError, ResizePolicy, load_image
 from wrcli.data.sources import discover
 from wrcli.errors import WrcError
+from wrcli.files import file_sha256
 
 from . import recipe
 
@@ -78,7 +80,7 @@ class _Scan(Dataset):
         image = self.images[i]
         try:
             decode(image, self.size, self.patch)
-            sha = _file_sha256(image.path) if self.hash_files else ""
+            sha = file_sha256(image.path) if self.hash_files else ""
         except ImageError as e:
             return i, e.reason, ""
         except OSError as e:
@@ -101,12 +103,51 @@ def readable(images: Sequence[ImageRef], size: int, patch: int, *, workers: int,
     return good
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class ImageSplit:
+    """The readable training and validation images of a run."""
+
+    train: list[ImageRef]
+    val: list[ImageRef]
+    skipped: int  # unreadable training images left out
+    split: dict[str, Any]  # how the validation images were chosen ("kind", ...) and how many are readable
+
+
+def split_images(src: str | Sequence[str], val: float | str | Sequence[str] | None, *, size: int, patch: int,
+                 workers: int, hash_files: bool, need: int) -> ImageSplit:
+    """IMAGES less the validation images (see :func:`validation_images`), each list reduced to the readable
+    images; WrcError when fewer than ``need`` training images remain (one step's worth)."""
+    every = list_images(src)
+    held_images, split = validation_images(every, val)
+    held = {os.path.realpath(i.path) for i in held_images}
+    train = [i for i in every if os.path.realpath(i.path) not in held]
+    kept = readable(train, size, patch, workers=workers, hash_files=hash_files, what="training")
+    skipped = len(train) - len(kept)
+    val_kept = readable(held_images, size, patch, workers=workers, hash_files=hash_files, what="validation")
+    if len(kept) < need:
+        raise WrcError(
+            f"only {len(kept)} readable training image(s) ({skipped} skipped, {len(held_images)} held out for "
+            f"validation); a step needs batch_size × processes = {need}: add images or lower the batch size"
+        )
+    return ImageSplit(kept, val_kept, skipped, {**split, "images": len(val_kept)})
+
+
+def validation_images(every: list[ImageRef], val: float | str | Sequence[str] | None) -> tuple[list[ImageRef], dict[str, Any]]:
+    """The validation images and how they were chosen: None (none), a fraction of ``every`` held out by name
+    (:func:`held_out`; a string that is not an existing path is read as a fraction), or images of their own."""
+    if isinstance(val, str) and not os.path.exists(val):
+        try:
+            val = float(val)
+        except ValueError:
+            pass
+    if val is None:
+        return [], {"kind": "none"}
+    if isinstance(val, (int, float)):
+        if not 0 <= val < 1:
+            raise WrcError(f"a validation fraction must be in [0, 1), got {val}")
+        return [i for i in every if held_out(i.name, val)], {"kind": "fraction", "fraction": float(val)}
+    images = list_images(val)
+    return images, {"kind": "list", "list_sha256": list_sha256(images)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ python, numpy, torch CPU and CUDA (as tensors and lists), so it loads with ``tor
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from wrcli.errors import WrcError
+from wrcli.errors import WrcError, first_line
+from wrcli.files import atomic_write
 
 
 def rng_states() -> dict[str, Any]:
@@ -44,13 +44,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a state."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -58,8 +53,7 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise WrcError(f"cannot read training state {path} ({reason}); delete it or train without --resume") from None
+        raise WrcError(f"cannot read training state {path} ({first_line(e)}); delete it or train without --resume") from None
     if not isinstance(state, dict) or "fingerprint" not in state or "step" not in state:
         raise WrcError(f"{path} is not a wrcli training state; delete it or train without --resume")
     return state

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class StopFlag:
@@ -25,7 +27,7 @@ class StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        sys.stderr.write("\nstopping after this step (Ctrl-C again to abort without saving)\n")
+        log.warning("stopping after this step (Ctrl-C again to abort without saving)")
 
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._previous.items():

@@ -1,0 +1,116 @@
+"""Setting up a training run: the images and their split, the upsampler and its optimiser, the fingerprint of
+everything that changes the result (checked against a saved state before any long work), the sample sources."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from wrcli.backbones import Backbone
+from wrcli.errors import WrcError
+from wrcli.models import Upsampler, create_upsampler
+from wrcli.models.wrc import SOLVER_NAMES
+from wrcli.runtime import Rank
+from wrcli.session import Session
+
+from . import cache as feature_cache
+from . import data, validation
+from .loop import Learner, Sources, TrainingRun
+from .options import TrainOptions
+from .recipe import lr_factor
+from .samples import CachedSamples, LiveSamples
+from .state import check_compatible, load_state
+from .targets import backbone_identity
+
+log = logging.getLogger(__name__)
+
+
+class _Objective(nn.Module):
+    """One forward for DistributedDataParallel: the upsampler guided by the clean and by the augmented view."""
+
+    def __init__(self, model: Upsampler) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: Tensor, guide: Tensor, aug_guide: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model(feats, guide), self.model(feats, aug_guide)
+
+
+def build_run(images: str | Sequence[str], out: Path, opts: TrainOptions, rank: Rank, session: Session) -> TrainingRun:
+    """The run of ``opts`` on IMAGES with the session's backbone and device, at step 0 or, with ``resume``, at
+    the saved state's step. The caller seeds torch with ``opts.seed`` before loading the backbone."""
+    backbone, device = session.backbone, session.device
+    patch = backbone.patch_size
+    if opts.size % (2 * patch):
+        raise WrcError(f"size {opts.size} is not a multiple of 2×patch ({2 * patch}); use e.g. 448 for patch 14")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    identity = backbone_identity(backbone)
+    split = data.split_images(images, opts.val, size=opts.size, patch=patch, workers=opts.workers,
+                              hash_files=opts.cache is not None, need=opts.batch_size * rank.world)
+    torch.manual_seed(opts.seed)
+    warmup = min(opts.warmup, opts.steps // 10)
+    learner = _learner(opts, backbone, device, rank.world, warmup)
+    fingerprint = _fingerprint(opts, identity, rank.world, warmup, split)
+    state_path = Path(f"{out}.state.pt")
+    saved = _saved_state(state_path, fingerprint, rank.is_main) if opts.resume else None
+    run = TrainingRun(opts, out, state_path, Path(opts.log_file or f"{out}.log.jsonl"), rank, device, backbone,
+                      identity, split, _sources(opts, split, session, identity, rank), learner, fingerprint)
+    if saved is not None:
+        run.restore(saved)
+    return run
+
+
+def _learner(opts: TrainOptions, backbone: Backbone, device: torch.device, world: int, warmup: int) -> Learner:
+    model = create_upsampler(SOLVER_NAMES[opts.solver], backbone.channels, backbone.patch_size, skip=opts.skip)
+    model = model.to(device).train()
+    objective = _Objective(model)
+    objective = DistributedDataParallel(objective) if world > 1 else objective
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, betas=(0.9, 0.999), weight_decay=opts.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, steps=opts.steps, warmup=warmup))
+    return Learner(model, objective, optimizer, scheduler)
+
+
+def _fingerprint(opts: TrainOptions, identity: dict, world: int, warmup: int, split: data.ImageSplit) -> dict[str, Any]:
+    """Every setting that changes the result, resolved (a recipe counts by the values it gives, not its name)."""
+    return {
+        "solver": opts.solver, "skip": opts.skip, "mse": opts.mse, "backbone": identity,
+        "backbone_kwargs": opts.backbone_kwargs, "size": opts.size, "crops": opts.crops, "batch_size": opts.batch_size,
+        "world_size": world, "lr": opts.lr, "weight_decay": opts.weight_decay, "warmup": warmup, "steps": opts.steps,
+        "clip_grad": opts.clip_grad, "seed": opts.seed, "down_weight": opts.down_weight,
+        "aug_weight": opts.aug_weight, "cached": opts.cache is not None,
+        "cache_variants": opts.cache_variants if opts.cache is not None else None,
+        "data_sha256": data.list_sha256(split.train),
+    }
+
+
+def _saved_state(path: Path, fingerprint: dict[str, Any], main: bool) -> dict[str, Any] | None:
+    """The state to resume from (None when there is none); WrcError when it was made with other settings."""
+    if not path.is_file():
+        if main:
+            log.warning("no training state at %s: starting at step 0", path)
+        return None
+    state = load_state(path)
+    check_compatible(path, state["fingerprint"], fingerprint)
+    return state
+
+
+def _sources(opts: TrainOptions, split: data.ImageSplit, session: Session, identity: dict, rank: Rank) -> Sources:
+    """Samples and validation targets from decoding + the backbone, or from the feature cache (built first)."""
+    backbone, device = session.backbone, session.device
+    if opts.cache is None:
+        samples = LiveSamples(split.train, opts.size, backbone.patch_size, opts.crops)
+        held = validation.in_memory(split.val, backbone, device, size=opts.size, batch=opts.batch_size,
+                                    workers=opts.workers)
+        return Sources(samples, held.__getitem__)
+    train, val = feature_cache.prepare(
+        opts.cache, split, backbone, device, identity=identity, size=opts.size, crops=opts.crops,
+        variants=opts.cache_variants, workers=opts.workers, progress=opts.progress and rank.is_main, rank=rank,
+    )
+    return Sources(CachedSamples([e.path for e in train], opts.cache_variants), validation.from_cache([e.path for e in val]))
