@@ -299,7 +299,6 @@ def test_cli_pairs_file_and_stereo_json(tmp_path, vits_weights, capsys, monkeypa
     (["{tmp}/nothing", "--dataset", "spair"], "is not SPair-71k"),
     (["{tmp}/nothing.jsonl", "--dataset", "pairs"], "cannot read the pairs file"),
     (["{tmp}", "--dataset", "stereo"], "no stereo pairs"),
-    (["{tmp}", "--dataset", "kitti"], "--dataset must be one of spair, pairs, stereo"),
     (["{tmp}/pairs.jsonl", "--dataset", "pairs", "--imsize", "30"], "not a multiple of the patch size 14"),
     (["{tmp}/pairs.jsonl", "--dataset", "pairs", "--upsampler", "cubic"], "unknown upsampler 'cubic'"),
     (["{tmp}/broken.jsonl", "--dataset", "pairs"], "missing.png"),
@@ -312,6 +311,14 @@ def test_cli_errors_are_one_line(args, message, tmp_path, vits_weights, capsys, 
     code, _, err = corr([a.format(tmp=tmp_path) for a in args], vits_weights, capsys, monkeypatch)
     lines = [line for line in err.splitlines() if line.startswith("wrc: error:")]
     assert code == 1 and len(lines) == 1 and message in lines[0] and "Traceback" not in err
+
+
+def test_unknown_dataset_is_refused_by_the_library_too(tmp_path):
+    """The CLI refuses it before anything loads (exit 2, tests/test_cli.py); Python callers get the same list."""
+    from wrcli.eval.correspondence import corr_task
+
+    with pytest.raises(WrcError, match="--dataset must be one of spair, pairs, stereo"):
+        corr_task("kitti", str(tmp_path))
 
 
 # -- the Task interface: a task in every protocol module, one runner, one report shape ---------------------------

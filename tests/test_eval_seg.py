@@ -12,13 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from wrcli import cli
 from wrcli.backbones import load_backbone
 from wrcli.errors import WrcError
 from wrcli.eval.datasets import VOC_CLASSES, open_seg
 from wrcli.eval.features import build_cache, centre_square
 from wrcli.eval.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from wrcli.eval.probes import ProbeOptions, evaluate, predictions, train_probe
-from wrcli.eval.seg import SEG_PROTOCOLS, SegHead, cross_entropy, run_seg
+from wrcli.eval.seg import SEG_PROTOCOLS, SegHead, SegProbe, cross_entropy, run_seg
 from wrcli.models import load_upsampler
 
 from .conftest import ARCH
@@ -306,7 +307,9 @@ def test_cli_seg_errors_are_one_line(tmp_path, vits_weights, capsys, monkeypatch
     code, _, err = run_cli(["eval", "seg", str(root), *base], capsys, monkeypatch)
     assert code == 1 and "sample 01: label values [7] are not classes 0..2" in error_line(err)
     code, _, err = run_cli(["eval", "seg", str(root), "--protocol", "nope", *base], capsys, monkeypatch)
-    assert code == 1 and "unknown segmentation protocol" in error_line(err)
+    assert code == cli.EXIT_USAGE and "'nope' is not one of jafar, featup" in err  # refused before anything loads
+    with pytest.raises(WrcError, match="unknown segmentation protocol"):  # and by the library
+        SegProbe(root, protocol="nope")
     code, _, err = run_cli(["eval", "seg", str(root), *base, "--size", "50"], capsys, monkeypatch)
     assert code == 1 and "not a multiple" in error_line(err)
 

@@ -8,17 +8,24 @@ Exit codes: 0 success, 1 failure, 2 usage error, 3 finished but some inputs fail
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import sys
 import traceback
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Optional
 
 import typer
 
 from wrcli import __version__
-from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER
+from wrcli.defaults import (
+    DEFAULT_BACKBONE, DEFAULT_TRAIN_RECIPE, DEFAULT_UPSAMPLER, STORE_DTYPES, TRAIN_MSE, TRAIN_RECIPES, WRC_SOLVERS,
+)
 from wrcli.errors import WrcError
+from wrcli.eval import choices
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -52,6 +59,25 @@ def _root(
     _debug = debug
 
 
+def _one_of(*choices: str) -> Callable[[Optional[str]], Optional[str]]:
+    """An option callback that admits only ``choices`` (None passes: the option was not given): a usage error,
+    exit 2, before anything heavy is loaded."""
+
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _device_spec(value: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (whether that device exists is checked when it is used)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is None:
+        raise typer.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return value
+
+
 eval_app = typer.Typer(
     help="The field's probes and correspondence benchmarks, several upsamplers side by side.",
     no_args_is_help=True,
@@ -62,12 +88,19 @@ app.add_typer(eval_app, name="eval")
 # options most commands share
 BackboneName = Annotated[str, typer.Option(envvar="WRC_BACKBONE", help="timm ViT name (frozen).")]
 BackboneWeights = Annotated[Optional[str], typer.Option(envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use.")]
-Device = Annotated[str, typer.Option(envvar="WRC_DEVICE", help="auto, cpu, cuda or cuda:N.")]
+Device = Annotated[str, typer.Option(envvar="WRC_DEVICE", callback=_device_spec, help="auto, cpu, cuda or cuda:N.")]
 
-# options that `eval seg` and `eval depth` share
-ProbeUpsamplers = Annotated[str, typer.Option(envvar="WRC_UPSAMPLER", help=(
+# options that the `eval` commands share
+EvalUpsamplers = Annotated[str, typer.Option(envvar="WRC_UPSAMPLER", help=(
     "Upsamplers to compare on the same data, comma-separated: registry names or checkpoint files "
     "('default': wrc with its shipped checkpoint, else bilinear)."))]
+EvalOut = Annotated[Optional[str], typer.Option("--out", "-o", help=(
+    "Write the full report (protocol, dataset, versions, per-class or per-category results) as JSON."))]
+EvalJson = Annotated[bool, typer.Option("--json", help="Print the report as one JSON line on stdout instead of the table.")]
+# options that `eval seg` and `eval depth` share
+ProbeScale = Annotated[Optional[int], typer.Option(min=1, help=(
+    "Upsample the token grid ×N instead of to the target size (label or depth map; 1 = the raw low-resolution "
+    "features)."))]
 ProbeSeeds = Annotated[int, typer.Option(min=1, help="Probe runs per upsampler (seeds 0..N-1); several give mean ± std.")]
 ProbeEpochs = Annotated[Optional[int], typer.Option(min=1, help="Override the protocol's epochs.")]
 ProbeBatch = Annotated[Optional[int], typer.Option(min=1, help="Override the protocol's batch size.")]
@@ -100,23 +133,28 @@ def _emit(report: dict, out: str | None, json_out: bool, table: Callable[[], Any
     Console(file=sys.stdout, width=max(80, width)).print(table())
 
 
-def _probe_output(report: dict, metrics: tuple[str, ...], out: str | None, json_out: bool) -> None:
+def _eval_output(report: dict, title: str, out: str | None, json_out: bool) -> None:
+    """An eval report through :func:`_emit`; the table has the upsamplers as rows, the report's metrics as columns."""
     from wrcli.reports import results_table
 
+    metrics = report["metrics"]
+    _emit(report, out, json_out, lambda: results_table(title, report["results"], metrics), 14 * (len(metrics) + 1))
+
+
+def _probe_title(report: dict) -> str:
     data, proto = report["dataset"], report["protocol"]
     seeds = len(proto["seeds"])
-    title = (f"{data['name']}/{data['val']['split']} · {proto['name']} · {proto['feature_size'][0]} px · "
-             f"{seeds} seed{'s' if seeds > 1 else ''}")
-    _emit(report, out, json_out, lambda: results_table(title, report["results"], metrics), 14 * (len(metrics) + 1))
+    return (f"{data['name']}/{data['val']['split']} · {proto['name']} · {proto['feature_size'][0]} px · "
+            f"{seeds} seed{'s' if seeds > 1 else ''}")
 
 
 @eval_app.command("seg")
 def eval_seg_cmd(
     root: str = typer.Argument(..., help="Dataset folder: VOC2012, ADEChallengeData2016, Cityscapes, cocostuff (curated lists) or generic (classes.txt, images/{train,val}/, masks/{train,val}/)."),
-    dataset: str = typer.Option("auto", help="voc, ade20k, cityscapes, coco27, generic, or auto (by layout)."),
-    protocol: str = typer.Option("jafar", help="jafar: 448, features upsampled to 448, AdamW 5e-4, 20 epochs, batch 4, flip; featup: 224, labels downsampled to the features, AdamW 1e-4, 10 epochs, batch 8."),
-    upsampler: ProbeUpsamplers = f"bilinear,{DEFAULT_UPSAMPLER}",
-    scale: Optional[int] = typer.Option(None, min=1, help="Upsample the token grid ×N instead of to the label size (1 = the raw low-resolution features)."),
+    dataset: str = typer.Option("auto", callback=_one_of(*choices.SEG_DATASETS), help="voc, ade20k, cityscapes, coco27, generic, or auto (by layout)."),
+    protocol: str = typer.Option("jafar", callback=_one_of(*choices.SEG_PROTOCOLS), help="jafar: 448, features upsampled to 448, AdamW 5e-4, 20 epochs, batch 4, flip; featup: 224, labels downsampled to the features, AdamW 1e-4, 10 epochs, batch 8."),
+    upsampler: EvalUpsamplers = f"bilinear,{DEFAULT_UPSAMPLER}",
+    scale: ProbeScale = None,
     seeds: ProbeSeeds = 1,
     epochs: ProbeEpochs = None,
     batch_size: ProbeBatch = None,
@@ -125,35 +163,34 @@ def eval_seg_cmd(
     limit: ProbeLimit = None,
     cache: ProbeCache = None,
     workers: ProbeWorkers = 2,
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, dataset, versions, per-class IoU) as JSON."),
+    out: EvalOut = None,
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of the table."),
+    json_out: EvalJson = False,
 ) -> None:
     """Linear-probe semantic segmentation (mIoU, pixel accuracy), every upsampler on the same cached backbone
     features, data and seeds."""
-    import shlex
-
     from wrcli.eval.probes import ProbeOptions
-    from wrcli.eval.seg import run_seg
+    from wrcli.eval.seg import SegProbe
+    from wrcli.eval.task import run_task
 
     opts = ProbeOptions(upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights, device=device,
                         seeds=seeds, limit=limit, cache=cache, workers=workers, epochs=epochs, batch_size=batch_size,
                         lr=lr, size=size, scale=scale)
-    report = run_seg(root, dataset, protocol, opts, command=shlex.join(["wrc", *sys.argv[1:]]))
-    _probe_output(report, ("miou", "accuracy"), out, json_out)
+    report = run_task(SegProbe(root, dataset, protocol, opts), opts, _command())
+    _eval_output(report, _probe_title(report), out, json_out)
 
 
 @eval_app.command("depth")
 def eval_depth_cmd(
     root: str = typer.Argument(..., help="NYUv2 folder (nyu_depth_v2_labeled.mat with splits.mat or train.txt/test.txt) or generic (images/{train,val}/, depth/{train,val}/)."),
-    dataset: str = typer.Option("auto", help="nyu, generic, or auto (by layout)."),
-    protocol: str = typer.Option("probe3d", help="probe3d: 224, AdamW 5e-4, 10 epochs, batch 8, warm-up + cosine per step; jafar: 448, AdamW 5e-4, 20 epochs, batch 4, cosine per epoch."),
-    upsampler: ProbeUpsamplers = f"bilinear,{DEFAULT_UPSAMPLER}",
+    dataset: str = typer.Option("auto", callback=_one_of(*choices.DEPTH_DATASETS), help="nyu, generic, or auto (by layout)."),
+    protocol: str = typer.Option("probe3d", callback=_one_of(*choices.DEPTH_PROTOCOLS), help="probe3d: 224, AdamW 5e-4, 10 epochs, batch 8, warm-up + cosine per step; jafar: 448, AdamW 5e-4, 20 epochs, batch 4, cosine per epoch."),
+    upsampler: EvalUpsamplers = f"bilinear,{DEFAULT_UPSAMPLER}",
     depth_scale: float = typer.Option(1000.0, help="Generic 16-bit PNG depth: units per metre (1000 = millimetres); .npy is read as metres."),
     max_depth: float = typer.Option(10.0, help="Deepest valid depth in metres (the top of the depth bins); deeper pixels are ignored."),
-    scale: Optional[int] = typer.Option(None, min=1, help="Upsample the token grid ×N instead of to the depth map size (1 = the raw low-resolution features)."),
+    scale: ProbeScale = None,
     seeds: ProbeSeeds = 1,
     epochs: ProbeEpochs = None,
     batch_size: ProbeBatch = None,
@@ -162,32 +199,30 @@ def eval_depth_cmd(
     limit: ProbeLimit = None,
     cache: ProbeCache = None,
     workers: ProbeWorkers = 2,
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, dataset, versions) as JSON."),
+    out: EvalOut = None,
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of the table."),
+    json_out: EvalJson = False,
 ) -> None:
     """Linear depth probe (RMSE, AbsRel, δ1), every upsampler on the same cached backbone features, data and
     seeds."""
-    import shlex
-
-    from wrcli.eval.depth import run_depth
+    from wrcli.eval.depth import DepthProbe
     from wrcli.eval.probes import ProbeOptions
+    from wrcli.eval.task import run_task
 
     opts = ProbeOptions(upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights, device=device,
                         seeds=seeds, limit=limit, cache=cache, workers=workers, epochs=epochs, batch_size=batch_size,
                         lr=lr, size=size, scale=scale)
-    report = run_depth(root, dataset, protocol, opts, depth_scale=depth_scale, max_depth=max_depth,
-                       command=shlex.join(["wrc", *sys.argv[1:]]))
-    _probe_output(report, ("rmse", "abs_rel", "delta1"), out, json_out)
+    report = run_task(DepthProbe(root, dataset, protocol, opts, depth_scale, max_depth), opts, _command())
+    _eval_output(report, _probe_title(report), out, json_out)
 
 
 @eval_app.command("corr")
 def eval_corr_cmd(
     path: str = typer.Argument(..., help="SPair-71k root, a pairs file (.jsonl), or a stereo folder (see --dataset)."),
-    dataset: str = typer.Option(..., "--dataset", help="spair (SPair-71k root), pairs (JSON-lines keypoint pairs) or stereo (im0/im1/disp0 folders)."),
-    upsampler: str = typer.Option(f"bilinear,{DEFAULT_UPSAMPLER}", envvar="WRC_UPSAMPLER", help="Upsamplers to compare, comma-separated: registry names or checkpoint files ('default': wrc with its shipped checkpoint, else bilinear)."),
+    dataset: str = typer.Option(..., "--dataset", callback=_one_of(*choices.CORR_DATASETS), help="spair (SPair-71k root), pairs (JSON-lines keypoint pairs) or stereo (im0/im1/disp0 folders)."),
+    upsampler: EvalUpsamplers = f"bilinear,{DEFAULT_UPSAMPLER}",
     imsize: Optional[int] = typer.Option(None, min=1, help="Image side in pixels, a patch multiple: the letterbox square for keypoints (default 224), the long side for stereo (default 448)."),
     scale: int = typer.Option(2, min=1, help="Upsampling factor of the token grid before the bilinear resize to the image (published protocol: 2; 1 = raw backbone; the patch size = image resolution)."),
     split: str = typer.Option("test", help="SPair-71k split folder under PairAnnotation/."),
@@ -195,47 +230,54 @@ def eval_corr_cmd(
     seed: int = typer.Option(0, help="Seed of the per-category draw."),
     stride: int = typer.Option(1, min=1, help="Stereo: evaluate every N-th row and column of the left image."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N pairs."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the full report (protocol, versions, per-category results) as JSON."),
+    out: EvalOut = None,
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
-    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON line on stdout instead of the table."),
+    json_out: EvalJson = False,
 ) -> None:
     """Keypoint correspondence (PCK@0.1/0.05/0.01 on SPair-71k or a pairs file) and dense stereo correspondence
     (PCK at 1/2/4/8 px and EPE), every upsampler on the same backbone features."""
-    from wrcli.eval.common import print_table, write_report
-    from wrcli.eval.correspondence import run_corr
+    from wrcli.eval.correspondence import corr_task
+    from wrcli.eval.task import RunOptions, run_task
 
-    report = run_corr(
-        dataset, path, upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights, device=device,
-        imsize=imsize, scale=scale, split=split, pairs_per_category=pairs_per_category, seed=seed, stride=stride,
-        limit=limit,
-    )
-    if out:
-        write_report(out, report)
-    if json_out:
-        _print_json(report)
-    else:
-        protocol = report["protocol"]
-        print_table(f"{dataset}: {report['dataset']['pairs']} pairs, {report['dataset']['points']} points, "
-                    f"imsize {protocol['imsize']}, scale {protocol['scale']}", report["results"], report["metrics"])
+    task = corr_task(dataset, path, imsize=imsize, scale=scale, split=split, pairs_per_category=pairs_per_category,
+                     seed=seed, stride=stride, limit=limit)
+    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device), _command())
+    data, proto = report["dataset"], report["protocol"]
+    title = f"{dataset}: {data['pairs']} pairs, {data['points']} points, imsize {proto['imsize']}, scale {proto['scale']}"
+    _eval_output(report, title, out, json_out)
 
 
 @app.command("upsamplers")
-def upsamplers_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
-    """List the upsamplers that --upsampler accepts (a checkpoint file is accepted too)."""
+def upsamplers_cmd(
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+) -> None:
+    """List the upsamplers that --upsampler accepts (a checkpoint file is accepted too), and which of them have a
+    trained checkpoint shipped for the backbone."""
+    from timm.models import split_model_name_tag
+
+    from wrcli.checkpoints import shipped_checkpoint
     from wrcli.models import list_upsamplers
+    from wrcli.models.registry import registry_entry
 
-    table = list_upsamplers()
+    arch = split_model_name_tag(backbone)[0]
+    table = {}
+    for name, description in list_upsamplers().items():
+        shipped = shipped_checkpoint(name, arch)
+        table[name] = {"description": description, "learned": registry_entry(name).learned,
+                       "checkpoint": shipped.name if shipped else None}
     if json_out:
-        import json
-
-        typer.echo(json.dumps(table))
+        _print_json({"backbone": backbone, "upsamplers": table})
         return
     width = max(map(len, table))
-    for name, description in table.items():
-        typer.echo(f"{name:<{width}}  {description}")
-    typer.echo(f"(--upsampler {DEFAULT_UPSAMPLER}, the default: wrc with the checkpoint shipped for the backbone, else bilinear)")
+    for name, row in table.items():
+        status = (f"  [trained: {row['checkpoint']} (shipped)]" if row["checkpoint"] else
+                  "  [untrained here: pass a checkpoint file]" if row["learned"] else "")
+        typer.echo(f"{name:<{width}}  {row['description']}{status}")
+    typer.echo(f"(for {arch}; --upsampler {DEFAULT_UPSAMPLER}, the default: wrc with the checkpoint shipped for the "
+               "backbone, else bilinear)")
 
 
 def _hw(text: str | None, flag: str) -> tuple[int, int] | None:
@@ -278,13 +320,13 @@ def extract_cmd(
     crop: bool = typer.Option(False, help="Centre-crop a square after resizing."),
     max_side: Optional[int] = typer.Option(None, min=1, help="Cap on the long side in pixels (default 2 × --size); aspect is kept."),
     layers: Optional[str] = typer.Option(None, help="Backbone blocks to store, e.g. -1 (default) or 5,11."),
-    dtype: str = typer.Option("float16", help="Stored dtype: float16 or float32."),
+    dtype: str = typer.Option("float16", callback=_one_of(*STORE_DTYPES), help="Stored dtype: float16 or float32."),
     batch_size: int = typer.Option(8, min=1, help="Images per forward pass."),
     workers: int = typer.Option(2, min=0, help="DataLoader decoding processes (0 = decode in the main process)."),
     device: Device = "auto",
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
     overwrite: bool = typer.Option(False, help="Replace an existing store made with other settings or images."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="zarr or hdf5 (default: from OUT's suffix)."),
+    fmt: Optional[str] = typer.Option(None, "--format", callback=_one_of("zarr", "hdf5"), help="zarr or hdf5 (default: from OUT's suffix)."),
     shard_size: Optional[int] = typer.Option(None, min=1, help="Images per shard, the unit of work and of resume (default: ~64 MiB of padded features)."),
     json_out: bool = typer.Option(False, "--json", help="Print a one-line JSON summary on stdout."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON record per image on stdout."),
@@ -292,8 +334,12 @@ def extract_cmd(
     """Extract upsampled features of every image into a Zarr or HDF5 store (resumable: rerun to finish).
 
     Exit status 3 means the store is complete but some inputs failed (their reasons are in the store)."""
-    import shlex
+    from wrcli.stores import store_format
 
+    try:  # before torch and the backbone load: a wrong OUT is a usage error, reported at once
+        store_format(out, fmt)
+    except WrcError as exc:
+        raise typer.BadParameter(str(exc), param_hint="OUT") from None
     from wrcli.extract import ExtractOptions, extract
 
     opts = ExtractOptions(
@@ -303,17 +349,18 @@ def extract_cmd(
     )
     summary = extract(
         src, out, opts, stdin=sys.stdin if src == "-" else None, on_record=_print_json if jsonl else None,
-        progress=True, command_line=shlex.join(["wrc", *sys.argv[1:]]),
+        progress=True, command_line=_command(),
     )
     if summary["rank"] != 0:  # rank 0 reports the whole store
         return
     if json_out:
         _print_json(summary)
     else:
-        typer.echo(
-            f"wrc: {out}: {summary['ok']} ok, {summary['failed']} failed of {summary['n_images']} images"
-            f" ({summary.get('images_per_s', 0):.2f} img/s)", err=True,
-        )
+        counts = f"{summary['ok']} ok, {summary['failed']} failed of {summary['n_images']} images"
+        if summary["processed"]:
+            typer.echo(f"wrc: {out}: {counts} ({summary['images_per_s']:.2f} img/s)", err=True)
+        else:
+            typer.echo(f"wrc: {out} is already complete ({counts}); nothing to do", err=True)
     if summary["failed"]:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -322,14 +369,15 @@ def extract_cmd(
 def train_cmd(
     images: str = typer.Argument(..., help="Training images: folder, glob, or a text file with one path per line."),
     out: str = typer.Option(..., "--out", "-o", help="Checkpoint to write (.safetensors); the training state goes to OUT.state.pt."),
+    recipe: str = typer.Option(DEFAULT_TRAIN_RECIPE, callback=_one_of(*TRAIN_RECIPES), help="wrcli: the shipped checkpoint's recipe (lr 1e-3, --skip, --mse raw); published: the authors' (lr 2e-4, --no-skip, --mse range). --lr, --skip/--no-skip and --mse override it."),
     steps: int = typer.Option(100_000, min=1, help="Optimiser steps (the learning-rate schedule spans them)."),
     batch_size: int = typer.Option(4, min=1, help="Images per step and process."),
-    lr: float = typer.Option(2e-4, help="AdamW peak learning rate."),
+    lr: Optional[float] = typer.Option(None, help="AdamW peak learning rate (default: the recipe's)."),
     weight_decay: float = typer.Option(1e-5, help="AdamW weight decay."),
     warmup: int = typer.Option(1000, min=0, help="Linear warm-up steps before the cosine decay (at most steps/10)."),
-    solver: str = typer.Option("official", help="WRC solve: official, exact or converse."),
-    skip: bool = typer.Option(False, help="Add a bilinear skip to the published network: it starts as bilinear."),
-    mse: str = typer.Option("range", help="MSE term: range (the authors', scaled by the target's per-pixel range) or raw."),
+    solver: str = typer.Option("official", callback=_one_of(*WRC_SOLVERS), help="WRC solve: official, exact or converse."),
+    skip: Optional[bool] = typer.Option(None, "--skip/--no-skip", help="Add a bilinear skip to the published network, so that it starts as bilinear (default: the recipe's)."),
+    mse: Optional[str] = typer.Option(None, callback=_one_of(*TRAIN_MSE), help="MSE term: raw, or range (the authors', scaled by the target's per-pixel range) (default: the recipe's)."),
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     size: int = typer.Option(448, min=28, help="Training image side (the low-resolution view and the crops are half of it)."),
@@ -348,8 +396,10 @@ def train_cmd(
     device: Device = "auto",
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON line on stdout."),
 ) -> None:
-    """Train the WRC upsampler self-supervised against a frozen backbone (the published recipe)."""
-    from wrcli.train import TrainOptions, train
+    """Train the WRC upsampler self-supervised against a frozen backbone, with the recipe that trained the shipped
+    checkpoint (or --recipe published). Ends with one line on stderr: the file written, or where the state is."""
+    from wrcli.runtime import current_rank
+    from wrcli.train import TrainingStopped, TrainOptions, summary_line, train
 
     try:
         val_spec: float | str | None = float(val)
@@ -358,15 +408,23 @@ def train_cmd(
     if val_spec == 0:
         val_spec = None
     opts = TrainOptions(
-        steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup, solver=solver,
-        skip=skip, mse=mse, backbone=backbone, backbone_weights=backbone_weights, size=size, val=val_spec, val_every=val_every,
-        log_every=log_every, log_file=log_file, checkpoint_every=checkpoint_every, resume=resume, cache=cache,
-        cache_variants=cache_variants, down_weight=down_weight, aug_weight=aug_weight, workers=workers, seed=seed,
-        device=device,
+        recipe=recipe, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+        solver=solver, skip=skip, mse=mse, backbone=backbone, backbone_weights=backbone_weights, size=size,
+        val=val_spec, val_every=val_every, log_every=log_every, log_file=log_file, checkpoint_every=checkpoint_every,
+        resume=resume, cache=cache, cache_variants=cache_variants, down_weight=down_weight, aug_weight=aug_weight,
+        workers=workers, seed=seed, device=device,
     )
-    result = train(images, out, opts)
+    main_rank, again = current_rank().is_main, _command() + ("" if resume else " --resume")
+    try:
+        result = train(images, out, opts)
+    except TrainingStopped as stop:
+        if main_rank:
+            typer.echo(f"wrc: {stop}; continue with: {again}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out:
         _print_json(result)
+    if main_rank:
+        typer.echo(f"wrc: {summary_line(result)}" + ("" if result["completed"] else f"; continue with: {again}"), err=True)
 
 
 def _query(text: str) -> tuple[float, float]:
@@ -387,6 +445,7 @@ def viz_cmd(
     query: Optional[list[str]] = typer.Option(None, "--query", "-q", help="Similarity query point y,x in pixels of the original image; repeat for several (default: the centre)."),
     size: int = typer.Option(448, min=1, help="Resize the short side to this many pixels (rounded to the patch multiple)."),
     max_side: Optional[int] = typer.Option(None, min=1, help="Cap on the long side in pixels (default 2 × --size)."),
+    scale: int = typer.Option(2, min=0, help="Upsample the features to this many times the token grid (1 = the backbone's own grid; 0 = the input size, slow with learned upsamplers); each tile is enlarged to the picture by nearest neighbour."),
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
@@ -395,12 +454,11 @@ def viz_cmd(
     """Draw PCA-RGB feature images and query-point similarity maps, upsamplers side by side with the image.
 
     Exit status 3 means some images could not be read (the others were drawn)."""
-    from wrcli.viz import run_viz
+    from wrcli.viz import VizOptions, run_viz
 
-    summary = run_viz(
-        images, out, upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights, device=device,
-        size=size, max_side=max_side, queries=[_query(q) for q in query or []],
-    )
+    opts = VizOptions(size=size, max_side=max_side, scale=scale, queries=[_query(q) for q in query or []])
+    summary = run_viz(images, out, upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights,
+                      device=device, opts=opts)
     if json_out:
         _print_json(summary)
     else:
@@ -433,24 +491,15 @@ def bench_cmd(
     """Time the backbone, each upsampler, the WRC solves alone and backbone + upsampler per batch size,
     precision and solve backend: median and spread over repeats, peak memory, and the solve's
     memory-bandwidth floor."""
-    import shlex
-
-    from wrcli.bench import BenchOptions, print_report, run_bench
+    from wrcli.bench import BenchOptions, report_table, run_bench
 
     opts = BenchOptions(
         backbone=backbone, backbone_weights=backbone_weights, upsamplers=upsampler, device=device, size=size,
         scale=scale, batches=batch, precisions=precision, backends=backend, cases=cases, warmup=warmup, repeats=repeats,
         solve_channels=solve_channels,
     )
-    report = run_bench(opts, command=shlex.join(["wrc", *sys.argv[1:]]))
-    if out:
-        from wrcli.eval.common import write_report
-
-        write_report(out, report)
-    if json_out:
-        _print_json(report)
-    else:
-        print_report(report)
+    report = run_bench(opts, command=_command(), log=lambda line: typer.echo(line, err=True))
+    _emit(report, out, json_out, lambda: report_table(report), width=200)
 
 
 @app.command("info")
@@ -523,9 +572,45 @@ def config_defaults(path: str | None = None) -> dict:
             for cmd, section in data.items() if isinstance(section, dict)}
 
 
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one line on stderr, ``wrc: warning: <message>`` (Python's form, with the source line, under
+    ``--debug``)."""
+    if _debug:
+        _python_showwarning(message, category, filename, lineno, file, line)
+        return
+    text = " ".join(str(message).split())
+    (file or sys.stderr).write(f"wrc: warning: {text}\n")
+
+
+@contextmanager
+def _library_log() -> Iterator[None]:
+    """While a command runs: the library's log records (``wrcli.*`` module loggers, INFO and up) as plain lines on
+    the stderr of that moment."""
+    logger, handler = logging.getLogger("wrcli"), logging.StreamHandler(sys.stderr)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main() -> None:
     """Console entry point: usage errors exit 2 (typer's message); any other error is one line, exit 1,
-    no traceback unless --debug."""
+    no traceback unless --debug; warnings and the library's log records are one line each on stderr."""
+    with warnings.catch_warnings(), _library_log():
+        warnings.showwarning = _show_warning
+        _run()
+
+
+def _run() -> None:
+    """The app, with every error turned into its one line and exit code."""
     try:
         app(default_map=config_defaults())
     except KeyboardInterrupt:

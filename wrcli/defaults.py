@@ -16,3 +16,4 @@ TRAIN_RECIPES = {
 }
 DEFAULT_TRAIN_RECIPE = "wrcli"
 TRAIN_MSE = ("range", "raw")  # the loss's MSE term: the authors' range-scaled one, or the plain one
+WRC_SOLVERS = ("official", "exact", "converse")  # the WRC layer's solves (wrcli.models.wrc.SOLVER_NAMES maps them)
