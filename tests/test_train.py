@@ -36,6 +36,7 @@ from wrcli.backbones import Backbone, load_backbone
 from wrcli.data.images import ResizePolicy, load_image
 from wrcli.defaults import TRAIN_RECIPES
 from wrcli.errors import WrcError
+from wrcli.files import TMP_TAG
 from wrcli.models import load_upsampler
 from wrcli.train import TrainingStopped, TrainOptions, summary_line, train
 from wrcli.training import builder, cosine_mse, crop_offsets, crop_views, crop_windows, lr_factor
@@ -435,6 +436,103 @@ def test_ddp_two_processes_on_cpu(setup, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
+# the run's files: checked before anything loads, never replaced unasked, one line per step
+# ---------------------------------------------------------------------------------------------------
+class _Loaded(Exception):
+    """Raised in place of loading the backbone: the run got past its file checks."""
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """train() stops with _Loaded where it would start loading the backbone."""
+
+    def refuse(*args, **kwargs):
+        raise _Loaded
+
+    monkeypatch.setattr(wrcli.train, "open_session", refuse)
+
+
+@pytest.mark.parametrize("earlier", ["m.safetensors", "m.safetensors.state.pt", "m.safetensors.log.jsonl"])
+def test_an_earlier_run_is_refused_without_resume_or_overwrite(setup, tmp_path, no_loading, earlier):
+    out = tmp_path / "m.safetensors"
+    (tmp_path / earlier).write_bytes(b"earlier run")
+    with pytest.raises(WrcError, match=r"an earlier training run is there \(.*" + re.escape(earlier)
+                       + r"\); pass --resume to continue it or --overwrite to start over") as err:
+        train(setup["images"], str(out), options(setup))
+    assert "\n" not in str(err.value) and (tmp_path / earlier).read_bytes() == b"earlier run"
+    with pytest.raises(_Loaded):
+        train(setup["images"], str(out), options(setup, resume=True))
+    assert (tmp_path / earlier).read_bytes() == b"earlier run"  # resume keeps them
+    with pytest.raises(_Loaded):
+        train(setup["images"], str(out), options(setup, overwrite=True))
+    assert not (tmp_path / earlier).exists()  # overwrite starts over
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_loading(setup, tmp_path, no_loading, monkeypatch):
+    (tmp_path / "file").write_text("")
+    cases = {
+        str(tmp_path): "is a folder; name the model file, e.g. " + re.escape(str(tmp_path / "wrc.safetensors")),
+        str(tmp_path / "m.pt"): r"must end in \.safetensors",
+        str(tmp_path / "file" / "m.safetensors"): re.escape(f"{tmp_path / 'file'} is not a folder"),
+    }
+    for out, message in cases.items():
+        with pytest.raises(WrcError, match=message):
+            train(setup["images"], out, options(setup))
+    (tmp_path / "log").mkdir()
+    with pytest.raises(WrcError, match=re.escape(f"cannot write {tmp_path / 'log'}: it is a folder")):
+        train(setup["images"], str(tmp_path / "m.safetensors"), options(setup, log_file=str(tmp_path / "log")))
+    locked = tmp_path / "locked"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))  # root writes anywhere
+    locked.mkdir()
+    with pytest.raises(WrcError, match=re.escape(f"no permission to write in {locked}")):
+        train(setup["images"], str(locked / "new" / "m.safetensors"), options(setup))
+    with pytest.raises(_Loaded):  # a folder still to make, in a writable one
+        train(setup["images"], str(tmp_path / "new" / "m.safetensors"), options(setup))
+
+
+def test_temporary_files_of_a_killed_write_are_removed_at_the_next_start(setup, tmp_path, no_loading):
+    out = tmp_path / "m.safetensors"
+    stale = [tmp_path / f".m.safetensors.state.pt{TMP_TAG}4242", tmp_path / f".m.safetensors{TMP_TAG}4243"]
+    for path in stale:  # what a kill -9 during a state save or the model's write leaves
+        path.write_bytes(b"half a file")
+    (tmp_path / f".other.safetensors{TMP_TAG}4244").write_bytes(b"another run's")
+    with pytest.raises(_Loaded):
+        train(setup["images"], str(out), options(setup))
+    assert not any(p.exists() for p in stale) and (tmp_path / f".other.safetensors{TMP_TAG}4244").exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_log_has_every_step_once(setup, tmp_path):
+    """A run killed after logging steps past its last state save (kill -9 between saves) does those steps again
+    on resume: they are logged once, as in an uninterrupted run; a finished run's resume validates once."""
+    whole, out = tmp_path / "whole.safetensors", tmp_path / "m.safetensors"
+    train(setup["images"], str(whole), options(setup))
+    train(setup["images"], str(out), options(setup, stop_after=2))
+    saved_at_2 = Path(f"{out}.state.pt").read_bytes()
+    train(setup["images"], str(out), options(setup, resume=True, stop_after=4))
+    Path(f"{out}.state.pt").write_bytes(saved_at_2)  # killed after logging step 4, the last save at step 2
+    with Path(f"{out}.log.jsonl").open("a") as f:
+        f.write('{"step": 5, "lo')  # and in the middle of a line
+    train(setup["images"], str(out), options(setup, resume=True))
+    steps = lambda path: [json.loads(line)["step"] for line in Path(f"{path}.log.jsonl").read_text().splitlines()]
+    assert steps(out) == steps(whole) == [1, 2, 3, 4, 5, 6, 6]  # the last line is the final validation
+    train(setup["images"], str(out), options(setup, resume=True))  # the finished run again
+    assert steps(out) == [1, 2, 3, 4, 5, 6, 6]
+    assert_bitwise_equal(weights_of(whole), weights_of(out))
+
+
+@pytest.mark.slow
+def test_overwrite_starts_the_run_over(setup, tmp_path):
+    out = tmp_path / "m.safetensors"
+    train(setup["images"], str(out), options(setup, steps=3, lr=5e-4))
+    result = train(setup["images"], str(out), options(setup, steps=2, overwrite=True))
+    assert result["completed"] and torch.load(f"{out}.state.pt", weights_only=True)["step"] == 2
+    logged = [json.loads(line)["step"] for line in Path(f"{out}.log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 2] and load_upsampler(out).provenance["steps"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------
 # the command line
 # ---------------------------------------------------------------------------------------------------
 def run_train_cli(args: list[str], capsys, monkeypatch, outcome) -> tuple[int, str, list[TrainOptions]]:
@@ -513,3 +611,14 @@ def test_cli_trains_and_says_where_the_model_went(tmp_path, vits_weights, capsys
     model = load_upsampler(out)
     assert model.skip and model.provenance["recipe"] == "published"
     assert (model.provenance["options"]["mse"], model.provenance["options"]["lr"]) == ("range", 2e-4)
+
+
+def test_cli_refuses_an_output_it_cannot_write_as_a_usage_error(tmp_path, capsys, monkeypatch):
+    def never(images: str, out: str, opts: TrainOptions) -> dict:
+        raise AssertionError("train() called")
+
+    monkeypatch.setattr(wrcli.train, "train", never)
+    code, _, err = run_cli(["train", "imgs", "--out", str(tmp_path)], capsys, monkeypatch)
+    assert code == cli.EXIT_USAGE and f"--out {tmp_path} is a folder" in err
+    code, err, seen = run_train_cli(["--overwrite"], capsys, monkeypatch, _finished)
+    assert code == 0 and seen[0].overwrite and not seen[0].resume

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +35,7 @@ from wrcli.session import open_session
 from wrcli.training.builder import build_run
 from wrcli.training.loop import TrainingStopped
 from wrcli.training.options import TrainOptions
+from wrcli.training.outputs import RunFiles, check_writable, claim
 from wrcli.training.validation import TARGETS
 
 __all__ = ["TrainOptions", "TrainingStopped", "summary_line", "train"]
@@ -46,15 +46,18 @@ def train(images: str | Sequence[str], out: str, opts: TrainOptions) -> dict[str
 
     Returns {"steps", "completed", "seconds", "images_per_s", "losses": {loss, local, down, aug},
     "validation": {"images", "model" | "bilinear": {"full" | "tiles": {cos, mse}}} | None, "out", "state", "log_file",
-    "images", "skipped"}. Raises :class:`TrainingStopped` (a KeyboardInterrupt) after saving the state when asked
-    to stop (Ctrl-C, SIGTERM). Loss and validation lines go to this package's loggers (INFO) with ``progress``.
+    "images", "skipped"}. Raises :class:`WrcError` before loading anything when ``out`` (or the log) cannot be
+    written, or when an earlier run's files are there and neither ``resume`` nor ``overwrite`` is set. Raises
+    :class:`TrainingStopped` (a KeyboardInterrupt) after saving the state when asked to stop (Ctrl-C, SIGTERM). Loss and validation lines go to this package's loggers (INFO) with ``progress``.
     """
+    files, rank = RunFiles.of(out, opts.log_file), current_rank()
+    check_writable(files)  # before anything loads: not after the last step
+    claim(files, resume=opts.resume, overwrite=opts.overwrite, main=rank.is_main)
     torch.manual_seed(opts.seed)
     session = open_session(None, backbone=opts.backbone, weights=opts.backbone_weights, device=opts.device,
                            **(opts.backbone_kwargs or {}))
-    rank = current_rank()
     with _process_group(rank, session.device):
-        return build_run(images, Path(out), opts, rank, session).run()
+        return build_run(images, files, opts, rank, session).run()
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from . import cache as feature_cache
 from . import data, validation
 from .loop import Learner, Sources, TrainingRun
 from .options import TrainOptions
+from .outputs import RunFiles
 from .recipe import lr_factor
 from .samples import CachedSamples, LiveSamples
 from .state import check_compatible, load_state
@@ -43,14 +44,15 @@ class _Objective(nn.Module):
         return self.model(feats, guide), self.model(feats, aug_guide)
 
 
-def build_run(images: str | Sequence[str], out: Path, opts: TrainOptions, rank: Rank, session: Session) -> TrainingRun:
-    """The run of ``opts`` on IMAGES with the session's backbone and device, at step 0 or, with ``resume``, at
-    the saved state's step. The caller seeds torch with ``opts.seed`` before loading the backbone."""
+def build_run(images: str | Sequence[str], files: RunFiles, opts: TrainOptions, rank: Rank, session: Session) -> TrainingRun:
+    """The run of ``opts`` on IMAGES into ``files`` with the session's backbone and device, at step 0 or, with
+    ``resume``, at the saved state's step. The caller checks and claims ``files`` (:mod:`.outputs`) and seeds
+    torch with ``opts.seed`` before loading the backbone."""
     backbone, device = session.backbone, session.device
     patch = backbone.patch_size
     if opts.size % (2 * patch):
         raise WrcError(f"size {opts.size} is not a multiple of 2×patch ({2 * patch}); use e.g. 448 for patch 14")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    files.out.parent.mkdir(parents=True, exist_ok=True)
     identity = backbone_identity(backbone)
     split = data.split_images(images, opts.val, size=opts.size, patch=patch, workers=opts.workers,
                               hash_files=opts.cache is not None, need=opts.batch_size * rank.world)
@@ -58,9 +60,8 @@ def build_run(images: str | Sequence[str], out: Path, opts: TrainOptions, rank: 
     warmup = min(opts.warmup, opts.steps // 10)
     learner = _learner(opts, backbone, device, rank.world, warmup)
     fingerprint = _fingerprint(opts, identity, rank.world, warmup, split)
-    state_path = Path(f"{out}.state.pt")
-    saved = _saved_state(state_path, fingerprint, rank.is_main) if opts.resume else None
-    run = TrainingRun(opts, out, state_path, Path(opts.log_file or f"{out}.log.jsonl"), rank, device, backbone,
+    saved = _saved_state(files.state, fingerprint, rank.is_main) if opts.resume else None
+    run = TrainingRun(opts, files.out, files.state, files.log, rank, device, backbone,
                       identity, split, _sources(opts, split, session, identity, rank), learner, fingerprint)
     if saved is not None:
         run.restore(saved)

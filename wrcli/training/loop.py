@@ -27,6 +27,7 @@ from wrcli.runtime import Rank
 
 from . import data, validation
 from .options import TrainOptions
+from .outputs import start_log
 from .recipe import cosine_mse, crop_windows
 from .state import rng_states, save_state, set_rng_states
 from .stop import StopFlag, ignore_stop_signals
@@ -133,9 +134,8 @@ class TrainingRun:
                                    self.rank.rank, self.rank.world)
         loader = DataLoader(self.sources.samples, batch_sampler=sampler, num_workers=opts.workers,
                             worker_init_fn=ignore_stop_signals)
-        if self.main and not (opts.resume and start):
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path.write_text("")
+        if self.main:
+            start_log(self.log_path, start, finished=start >= opts.steps)
         bar = Progress(end - start, "train", unit="step", enabled=opts.progress and self.main)
         clock = _Clock(self.seconds_before)
         try:

@@ -52,6 +52,7 @@ class TrainOptions:
     log_file: str | None = None  # JSON-lines log; default OUT + ".log.jsonl"
     checkpoint_every: int = 1000  # save the training state OUT + ".state.pt" every this many steps (and at exit)
     resume: bool = False  # continue from OUT + ".state.pt" (bit for bit); a fresh start when there is none
+    overwrite: bool = False  # without resume: delete an earlier run's model, state and log and start over (else refused)
     stop_after: int | None = None  # stop at this step (saving the training state) to continue later with resume
     cache: str | None = None  # folder of precomputed backbone outputs (built on first use): no backbone in the loop
     cache_variants: int = 4  # random crop sets cached per image
