@@ -183,6 +183,9 @@ def test_arch_mismatch_and_strict_false(saved):
         load_upsampler(saved, other)
     msg = one_line(e)
     assert "vit_small_patch14_dinov2" in msg and "vit_small_patch14_reg4_dinov2" in msg and "--backbone" in msg
+    assert msg.endswith("; use --backbone dinov2_vits14 or retrain the upsampler for this backbone; "
+                        "only the Python API uses it anyway: load_upsampler(..., strict=False)")
+    assert "--no-strict" not in msg  # no command has that option
     model = load_upsampler(saved, other, strict=False)
     assert model.channels == C
     with pytest.raises(WrcError):  # strict=False relaxes only the architecture check
@@ -396,17 +399,41 @@ def _side_effect(marker):
 
 
 @pytest.mark.parametrize("kind", ["payload", "namespace"])
-def test_pickled_objects_are_refused(tmp_path, wrc_model, kind):
+@pytest.mark.parametrize("keys", [["wrc"], ["model"], ["state", "net"]])
+def test_pickled_objects_are_refused_naming_the_state_dicts_key(tmp_path, monkeypatch, wrc_model, kind, keys):
     marker = tmp_path / "executed"
     extra = Payload(str(marker)) if kind == "payload" else argparse.Namespace(lr=1e-3, model="wrc")
     path = tmp_path / "model_1000steps.pth"
-    torch.save({"cfg": extra, "epoch": 1, "wrc": to_official_state_dict(wrc_model.state_dict())}, path)
+    content = to_official_state_dict(wrc_model.state_dict())
+    for key in reversed(keys):
+        content = {key: content, "epoch": 1}
+    torch.save({"cfg": extra, **content}, path)
     assert not marker.exists() and not EXECUTED
     with pytest.raises(WrcError) as e:
         load_upsampler(path, backbone())
     msg = one_line(e)
-    assert "pickled Python objects" in msg and "weights_only=False" in msg and '["wrc"]' in msg
+    index = "".join(f'["{k}"]' for k in keys)
+    assert msg == (f"refusing to load model_1000steps.pth: it holds pickled Python objects (e.g. a training config), "
+                   f"which wrcli refuses to unpickle; in a trusted environment extract the weights with "
+                   f"torch.save(torch.load({str(path)!r}, weights_only=False){index}, \"wrc_state.pth\") and load "
+                   f"wrc_state.pth")
     assert not marker.exists() and not EXECUTED
+    if kind == "namespace":  # the advice works
+        monkeypatch.chdir(tmp_path)
+        exec(msg.partition(" extract the weights with ")[2].partition(" and load ")[0], {"torch": torch})
+        assert load_upsampler(tmp_path / "wrc_state.pth", backbone()).channels == C
+
+
+def test_pickled_refusal_without_a_readable_key_names_none(tmp_path, wrc_model):
+    path = tmp_path / "legacy.pth"  # the pre-zip format is not read for keys
+    torch.save({"cfg": argparse.Namespace(lr=1e-3), "wrc": wrc_model.state_dict()}, path,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(WrcError) as e:
+        load_upsampler(path, backbone())
+    msg = one_line(e)
+    assert msg.startswith("refusing to load legacy.pth: it holds pickled Python objects")
+    assert msg.endswith("torch.save the upsampler's state dict (the dict of its tensors) alone to wrc_state.pth and "
+                        "load that") and '["' not in msg
 
 
 # ---------------------------------------------------------------------------------------------------

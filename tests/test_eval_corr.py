@@ -241,6 +241,25 @@ def test_stereo_layout_and_pfm(tmp_path):
         find_stereo_pairs(tmp_path / "missing")
 
 
+
+@pytest.mark.parametrize("content, reason", [
+    (b"not an array at all\n", "(no NumPy header; write it with numpy.save)"),
+    (b"\x93NUMPY\x01\x00garbage", "(EOF: reading array header, expected 24935 bytes got 5)"),  # numpy's line
+    (None, "(dtype <U3, not real numbers)"),
+])
+def test_a_garbage_npy_disparity_says_so(tmp_path, content, reason):
+    path = tmp_path / "disp0.npy"
+    if content is None:
+        np.save(path, np.array([["abc"]]))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(WrcError) as e:
+        read_disparity(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path} is not a valid .npy disparity {reason}") and "\n" not in msg
+    assert "pickled" not in msg
+
+
 # -- the command ---------------------------------------------------------------------------------------------
 
 def corr(args, vits_weights, capsys, monkeypatch):

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from wrcli.data.images import ImageError, ResizePolicy, load_image
 from wrcli.data.sources import is_image_name
-from wrcli.errors import WrcError
+from wrcli.errors import WrcError, first_line
 
 from .dense import Features, PairTask
 from .task import Measurement
@@ -133,11 +133,26 @@ def read_pfm(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(data.reshape(height, width)[::-1]).astype(np.float32)
 
 
+def read_npy_disparity(path: Path) -> np.ndarray:
+    """The real-valued array of a ``.npy`` file as float32 (read with ``allow_pickle=False``)."""
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise WrcError(f"{path} is not a valid .npy disparity (no NumPy header; write it with numpy.save)")
+        f.seek(0)
+        try:
+            disp = np.load(f, allow_pickle=False)
+        except ValueError as exc:
+            raise WrcError(f"{path} is not a valid .npy disparity ({first_line(exc)})") from None
+    if disp.dtype.kind not in "biuf":
+        raise WrcError(f"{path} is not a valid .npy disparity (dtype {disp.dtype}, not real numbers)")
+    return disp.astype(np.float32)
+
+
 def read_disparity(path: str | Path) -> np.ndarray:
     """(H, W) float32 disparity from .pfm or .npy."""
     path = Path(path)
     try:
-        disp = read_pfm(path) if path.suffix == ".pfm" else np.load(path, allow_pickle=False).astype(np.float32)
+        disp = read_pfm(path) if path.suffix == ".pfm" else read_npy_disparity(path)
     except (OSError, ValueError) as exc:
         raise WrcError(f"cannot read the disparity {path}: {exc}") from None
     if disp.ndim != 2:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 from wrcli.errors import WrcError
 
 from .blocks import fold_batchnorm
+from .memory import check_memory
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -165,6 +167,39 @@ class Upsampler(nn.Module):
             raise ValueError(f"scale must be a number ≥ 1, got {scale!r}")
         return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
 
+    def passes(
+        self, hw: tuple[int, int], guide_hw: tuple[int, int] | None, target: tuple[int, int]
+    ) -> Iterator[tuple[tuple[int, int], tuple[int, int] | None]]:
+        """The (grid, guidance size) each native pass of ``upsample`` to ``target`` runs on: grids grow ×s
+        until they cover the target, the guidance grows ×s before every pass after the first. Nothing for
+        interpolations, which make no pass."""
+        s = self.native_scale
+        if s is None:
+            return
+        first = True
+        while hw[0] < target[0] or hw[1] < target[1]:
+            if not first and guide_hw is not None:
+                guide_hw = (guide_hw[0] * s, guide_hw[1] * s)
+            yield hw, guide_hw
+            hw, first = (hw[0] * s, hw[1] * s), False
+
+    def pass_elements(self, batch: int, hw: tuple[int, int], guide_hw: tuple[int, int] | None) -> int:
+        """An upper bound on the elements of the largest tensor one native pass on a (batch, C, h, w) grid holds
+        (``guide_hw``: the guidance image's size): here its output, B·C·(s·h)·(s·w)."""
+        s = self.native_scale or 1
+        return batch * (self.channels or 1) * s * hw[0] * s * hw[1]
+
+    def peak_bytes(self, features: Tensor, image: Tensor | None, target: tuple[int, int]) -> int:
+        """An over-estimate of the bytes of the largest tensor ``upsample`` to ``target`` allocates: the largest
+        of its passes' (:meth:`pass_elements`) and of the final B·C·H·W, at ≥ 4 bytes an element (the solve
+        runs in float32). Pure arithmetic on the shapes: nothing is allocated."""
+        b, c, h, w = features.shape
+        guide = (int(image.shape[-2]), int(image.shape[-1])) if self.guided and image is not None else None
+        largest = b * c * target[0] * target[1]
+        for hw, guide_hw in self.passes((int(h), int(w)), guide, target):
+            largest = max(largest, self.pass_elements(b, hw, guide_hw))
+        return largest * max(4, features.element_size())
+
     def upsample(
         self, features: Tensor, image: Tensor | None = None, *, scale: float | None = None, size: Any = None
     ) -> Tensor:
@@ -174,21 +209,19 @@ class Upsampler(nn.Module):
         bilinearly enlarged ×s before every pass after the first, like the authors' iterative helper),
         then one bilinear resize (antialiased when shrinking) to the exact size. A target no larger
         than the input takes no pass. Interpolations go to the size in one step.
-        Returns the features' dtype.
+        A target whose largest tensor (:meth:`peak_bytes`) exceeds the device's free memory is refused up
+        front with a WrcError (:func:`wrcli.models.memory.check_memory`). Returns the features' dtype.
         """
         self.check_inputs(features, image)
         target = self.target_size(tuple(features.shape[-2:]), scale, size)
-        x = features
-        if self.native_scale is not None:
-            guide = image
-            passes = 0
-            while x.shape[-2] < target[0] or x.shape[-1] < target[1]:
-                if passes and guide is not None:
-                    gh, gw = guide.shape[-2:]
-                    s = self.native_scale
-                    guide = F.interpolate(guide, size=(gh * s, gw * s), mode="bilinear", align_corners=False)
-                x = self(x, guide)
-                passes += 1
+        check_memory(f"upsampling features {tuple(features.shape)} to {target[0]}×{target[1]}",
+                     self.peak_bytes(features, image, target), features.device)
+        x, guide = features, image if self.guided else None
+        plan = self.passes(tuple(x.shape[-2:]), None if guide is None else tuple(guide.shape[-2:]), target)
+        for _, guide_hw in plan:
+            if guide is not None and tuple(guide.shape[-2:]) != guide_hw:
+                guide = F.interpolate(guide, size=guide_hw, mode="bilinear", align_corners=False)
+            x = self(x, guide)
         if tuple(x.shape[-2:]) != target:
             x = resize(x, target, getattr(self, "mode", "bilinear") if self.native_scale is None else "bilinear")
         return x

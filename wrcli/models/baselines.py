@@ -76,5 +76,10 @@ class Converse2dUpsampler(Upsampler):
     def centre(self) -> str | None:
         return self.layer.centre
 
+    def pass_elements(self, batch: int, hw: tuple[int, int], guide_hw: tuple[int, int] | None) -> int:
+        """The Converse2D layer's complex spectra on its padded ×s grid: B·C·2·s(h+2p)·s(w+2p)."""
+        s, p = self.layer.scale, self.layer.padding
+        return batch * self.channels * 2 * s * (hw[0] + 2 * p) * s * (hw[1] + 2 * p)
+
     def forward(self, features: Tensor, image: Tensor | None = None) -> Tensor:
         return self.layer(features)

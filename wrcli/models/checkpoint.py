@@ -30,6 +30,7 @@ from wrcli.files import atomic_write
 
 from .base import Upsampler
 from .compat import BackboneSpec, check_fits, with_sizes
+from .pickle_keys import state_dict_path
 from .registry import create_upsampler
 
 if TYPE_CHECKING:
@@ -250,11 +251,19 @@ def _load_into(model: Upsampler, state_dict: dict[str, Tensor], path: Path) -> N
         raise WrcError(f"checkpoint {path.name} does not fit the {model.name!r} upsampler: {detail}") from None
 
 
-_PICKLED_HINT = (
-    "it holds pickled Python objects (e.g. the training config), which wrcli refuses to unpickle; "
-    "in a trusted environment extract the weights with "
-    "torch.save(torch.load({file}, weights_only=False)[\"wrc\"], \"wrc_state.pth\") and load wrc_state.pth"
-)
+def _pickled_refusal(path: Path) -> str:
+    """Why a ``.pth`` file with pickled objects is refused, and how to extract its weights: with the keys that
+    lead to its state dict when they can be read without running the file (:mod:`.pickle_keys`)."""
+    keys = state_dict_path(path)
+    loaded = f"torch.load({str(path)!r}, weights_only=False)"
+    if keys is None:
+        how = (f"in a trusted environment load it with {loaded}, torch.save the upsampler's state dict (the dict of "
+               "its tensors) alone to wrc_state.pth and load that")
+    else:
+        index = "".join(f"[{json.dumps(k)}]" for k in keys)
+        how = f'in a trusted environment extract the weights with torch.save({loaded}{index}, "wrc_state.pth") and load wrc_state.pth'
+    return (f"refusing to load {path.name}: it holds pickled Python objects (e.g. a training config), which wrcli "
+            f"refuses to unpickle; {how}")
 
 
 def _load_torch(path: Path, want: BackboneSpec | None, backbone: BackboneSpec | None) -> Upsampler:
@@ -280,7 +289,7 @@ def _read_state_dict(path: Path) -> tuple[str, dict[str, Tensor]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise WrcError(f"refusing to load {path.name}: {_PICKLED_HINT.format(file=repr(str(path)))}") from None
+        raise WrcError(_pickled_refusal(path)) from None
     except Exception as e:
         raise WrcError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({first_line(e)})") from None
     sd = _strip_prefixes(_unwrap_state_dict(obj, path))

@@ -50,7 +50,8 @@ def check_fits(
 
     Channels and patch size must be equal wherever both sides know them, and so must the architecture when
     ``strict`` (``strict=False`` runs an upsampler on a same-shaped backbone of another architecture).
-    Nothing is checked against an unknown (None) backbone. ``hint`` says how to fix a mismatch.
+    Nothing is checked against an unknown (None) backbone. ``hint`` says how to fix a mismatch (no command
+    relaxes the architecture check: the message says so).
     """
     if backbone is None:
         return
@@ -64,8 +65,8 @@ def check_fits(
         )
     if strict and _differ(takes.arch, backbone.arch):
         raise WrcError(
-            f"{subject} (trained on {takes.arch!r}) disagrees with {other} (architecture {backbone.arch!r}){fix} "
-            f"(or pass strict=False / --no-strict to use it anyway)"
+            f"{subject} (trained on {takes.arch!r}) disagrees with {other} (architecture {backbone.arch!r}){fix}; "
+            f"only the Python API uses it anyway: load_upsampler(..., strict=False)"
         )
 
 

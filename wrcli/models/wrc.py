@@ -137,6 +137,17 @@ class WRCUpsampler(Upsampler):
     def centre(self) -> str | None:
         return self.wrc.centre
 
+    def pass_elements(self, batch: int, hw: tuple[int, int], guide_hw: tuple[int, int] | None) -> int:
+        """The largest of: the image branch at the guidance size, B·G·H·W (or at (4h, 4w)); the WRC layer's
+        complex spectra on its padded ×s grid, B·M·2·s(h+2p)·s(w+2p); the refine input plus the output,
+        B·(M+G+C)·sh·sw."""
+        (h, w), (gh, gw) = hw, guide_hw or (0, 0)
+        s, p = self.wrc.scale, self.wrc.padding
+        m, g = self.mid_channels, self.guidance_channels
+        image = g * max(gh * gw, 16 * h * w)
+        spectra = 2 * m * s * (h + 2 * p) * s * (w + 2 * p)
+        return batch * max(image, spectra, (m + g + self.channels) * s * h * s * w)
+
     @staticmethod
     def to_double_grid(g: Tensor, h: int, w: int) -> Tensor:
         """Bring image-branch features to the 2× token grid (2h, 2w)."""
