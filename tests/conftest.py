@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ import safetensors.torch
 import timm
 import torch
 from PIL import Image
+
+from wrcli.stores import lock_store
 
 REPO = Path(__file__).resolve().parents[1]
 DINOV2_WEIGHTS = Path(os.environ.get("WRC_TEST_WEIGHTS", REPO.parent / "shared/weights/dinov2_vits14.safetensors"))
@@ -52,3 +56,33 @@ def photos(folder: Path, n: int, seed: int = 0) -> Path:
         base = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
         Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC).save(folder / f"img {i:03d}.jpg", quality=95)
     return folder
+
+
+def _hold_lock(path: Path, ready: Path, release: Path) -> None:
+    """Child process: hold the store's lease until ``release`` exists."""
+    with lock_store(path):
+        ready.touch()
+        deadline = time.monotonic() + 60
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def held_by_child(tmp_path):
+    """Start a process holding the lease on a store path; yields (path, process)."""
+    procs = []
+
+    def start(path: Path):
+        ready, release = tmp_path / "ready", tmp_path / "release"
+        child = multiprocessing.get_context("spawn").Process(target=_hold_lock, args=(path, ready, release))
+        child.start()
+        procs.append((child, release))
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert child.is_alive() and time.monotonic() < deadline
+            time.sleep(0.02)
+        return child
+    yield start
+    for child, release in procs:
+        release.touch()
+        child.join(30)

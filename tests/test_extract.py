@@ -378,3 +378,44 @@ def test_cpu_extract_writes_and_decodes_on_idle_time(tmp_path, vits_weights, cap
     assert zarr_threads and all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in zarr_threads)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
     assert policy_after(loaders[0]["worker_init_fn"], 0) == os.SCHED_IDLE  # what each decode worker runs first
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_second_extract_on_a_store_being_written_is_refused(tmp_path, vits_weights, capsys, monkeypatch, suffix,
+                                                              held_by_child):
+    src = photos(tmp_path / "in", 3)
+    out = tmp_path / f"busy{suffix}"
+    args = ["extract", str(src), str(out), *base_args(vits_weights, "--upsampler", "nearest")]
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    before = read_all(out)
+    writer = held_by_child(out)  # a running extraction of this store, as far as the lease tells
+    for extra in ([], ["--overwrite", "--scale", "1"]):
+        code, _, err = run_cli(args + extra, capsys, monkeypatch)
+        line = error_line(err)
+        assert code == 1 and str(out) in line and f"pid {writer.pid}" in line and "another wrc extract" in line
+    records, feats = read_all(out)
+    assert records == before[0] and all(np.array_equal(feats[k], before[1][k]) for k in feats)
+
+
+def test_a_rerun_redoes_the_shards_whose_files_are_gone_and_info_reports_them(tmp_path, vits_weights, capsys,
+                                                                               monkeypatch):
+    src = photos(tmp_path / "in", 6)
+    out = tmp_path / "out.zarr"
+    args = ["extract", str(src), str(out), *base_args(vits_weights, "--upsampler", "nearest", "--shard-size", "2")]
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    records, feats = read_all(out)
+    code, info, _ = run_cli(["info", str(out), "--verify"], capsys, monkeypatch)
+    assert code == 0 and "inconsistent" not in info and "every shard reads back (3 decoded)" in info
+    (out / "features/c/1/0/0/0").unlink()
+    (out / "status/c/2").unlink()
+    code, info, _ = run_cli(["info", str(out)], capsys, monkeypatch)
+    assert code == 0 and "inconsistent  shards 1, 2 missing or changed; rerun the same command" in info
+    assert "6: 2 ok, 0 failed, 4 pending" in info
+    code, info, _ = run_cli(["info", str(out), "--verify", "--json"], capsys, monkeypatch)
+    assert code == 1 and [p["shard"] for p in json.loads(info)["verify"]] == [1, 2]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0 and "shards 1, 2 marked done but missing or changed since written; redoing them" in err
+    assert "6 ok, 0 failed" in err and "already complete" not in err
+    again, feats_again = read_all(out)
+    assert again == records and all(np.array_equal(feats[k], feats_again[k]) for k in feats)
+    assert run_cli(["info", str(out), "--verify"], capsys, monkeypatch)[0] == 0

@@ -9,6 +9,8 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
+import time
 from pathlib import Path
 
 import h5py
@@ -19,10 +21,11 @@ from zarr.storage import LocalStore
 
 from wrcli.errors import WrcError
 from wrcli.stores import (
-    BACKENDS, ImageRecord, StoreBackend, StoreSpec, create_store, finalize_store, open_store, open_writer,
-    store_format, summary,
+    BACKENDS, ImageRecord, StoreBackend, StoreSpec, check_job, create_store, current_job, finalize_store, lock_store,
+    open_store, open_writer, store_format, summary,
 )
 from wrcli.stores.base import stored_metadata
+from wrcli.stores.lock import LEASE_S, lock_path
 from wrcli.stores.mismatch import difference
 
 SUFFIXES = [".zarr", ".h5"]
@@ -98,6 +101,7 @@ def assert_matches(path: Path, spec: StoreSpec, feats: np.ndarray, records: list
 # -- the backend contract --------------------------------------------------------------------------------------------
 
 CONTRACT = {"format", "suffixes", "paths", "detect", "existing", "ensure", "read_metadata", "open_writer", "finalize",
+            "decode_shard",
             "state", "open_reader"}
 FORMATS = sorted(BACKENDS)
 
@@ -608,3 +612,206 @@ def test_disk_full_leaves_store_consistent(tmp_path, suffix, monkeypatch):
     assert store_files(path) == before  # nothing of shard 1 is left, no temporary files
     write(path, spec, feats, records, shards=[1, 2])
     assert_matches(path, spec, feats, records)
+
+
+# -- one writer per store ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_a_second_writer_is_refused_while_the_first_holds_the_lease(tmp_path, suffix, held_by_child):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / f"out{suffix}"
+    write(path, spec, feats, records, shards=[0], finalize=False)
+    before = store_files(path)
+    child = held_by_child(path)
+    with pytest.raises(WrcError) as info, lock_store(path):
+        create_store(path, make_spec(fingerprint="other"), overwrite=True)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and f"pid {child.pid}" in message
+    assert f"host {socket.gethostname()}" in message
+    assert store_files(path) == before
+    with pytest.raises(WrcError, match=f"pid {child.pid}"):
+        check_job(path, "another job")
+    assert check_job(path, f"process {socket.gethostname()}:{child.pid}")
+
+
+def test_the_lease_is_released_and_names_the_job(tmp_path):
+    path = tmp_path / "out.zarr"
+    assert not check_job(path, "job 1")  # no lease yet: rank 0 has not taken it
+    with lock_store(path, "job 1"):
+        assert check_job(path, "job 1")
+        with pytest.raises(WrcError, match="being written by another wrc extract"):
+            lock_store(path, "job 2").acquire()
+    assert not lock_path(path).exists()
+    with lock_store(path, "job 2"):
+        assert check_job(path, "job 2")
+
+
+def _dead_pid() -> int:
+    child = multiprocessing.get_context("spawn").Process(target=int)
+    child.start()
+    child.join()
+    return child.pid
+
+
+@pytest.mark.parametrize("host, age, stale", [("here", 0, True), ("elsewhere", 0, False),
+                                              ("elsewhere", 2 * LEASE_S, True)])
+def test_a_stale_lease_is_taken_over(tmp_path, caplog, host, age, stale):
+    path = tmp_path / "out.h5"
+    lease = lock_path(path)
+    host = socket.gethostname() if host == "here" else "some-other-host"
+    lease.write_text(json.dumps({"host": host, "pid": _dead_pid(), "job": "killed", "since": "then"}))
+    os.utime(lease, (time.time() - age, time.time() - age))
+    if not stale:
+        with pytest.raises(WrcError, match="host some-other-host"):
+            lock_store(path).acquire()
+        assert json.loads(lease.read_text())["job"] == "killed"
+        return
+    with lock_store(path, "new job"):
+        assert check_job(path, "new job")
+    assert "took over the lease" in caplog.text
+    assert not any(p.name != "out.h5" for p in tmp_path.iterdir() if p.name.startswith(".out.h5"))
+
+
+def test_the_job_comes_from_torchrun_or_slurm(monkeypatch):
+    for var in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_NTASKS", "WORLD_SIZE", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    assert current_job() == f"process {socket.gethostname()}:{os.getpid()}"
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert current_job().startswith("slurm 77.")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("MASTER_ADDR", "node1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert current_job() == "torchrun none@node1:29500"
+
+
+# -- consistency: what a done marker promises is checked -----------------------------------------------------------
+
+def shard_object(path: Path, name: str, k: int) -> Path:
+    """The file of shard ``k`` of ``name`` (zarr: an array; hdf5: ``part`` or ``marker``)."""
+    if path.suffix == ".h5":
+        return Path(f"{path}.parts") / (f"shard-{k:08d}.h5" if name == "part" else f"shard-{k:08d}.done")
+    tail = {"features": "/0/0/0", "shard_done": "/0", "orig_hw": "/0"}.get(name, "")
+    return path / name / "c" / f"{k}{tail}"
+
+
+@pytest.mark.parametrize("suffix, name", [(".zarr", "features"), (".zarr", "status"), (".h5", "part")])
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_done_shard_whose_files_changed_is_reported_and_redone(tmp_path, suffix, name, damage):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / f"out{suffix}"
+    write(path, spec, feats, records)
+    target = shard_object(path, name, 1)
+    if damage == "delete":
+        target.unlink()
+    else:
+        target.write_bytes(target.read_bytes()[:-1])
+    info = summary(path)
+    assert info["inconsistent"] == [1] and not info["complete"] and info["done_shards"] == 2
+    assert (info["ok"], info["failed"], info["pending"]) == (3, 1, 3)  # only shards 0 and 2 count
+    with pytest.raises(WrcError, match=r"shard 1\b.*(rerun|keep)"):
+        open_store(path)
+    with open_writer(path, spec) as writer:
+        assert writer.check_shards() == ({0, 2}, {1})
+        writer.write_shard(*shard_args(spec, feats, records, 1))
+    finalize_store(path)
+    assert summary(path)["inconsistent"] == []
+    assert_matches(path, spec, feats, records)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_a_lost_done_marker_of_a_finalized_store_is_inconsistent(tmp_path, suffix):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / f"out{suffix}"
+    write(path, spec, feats, records)
+    shard_object(path, "shard_done" if suffix == ".zarr" else "marker", 2).unlink()
+    info = summary(path)
+    assert info["inconsistent"] == [2] and (info["ok"], info["pending"]) == (4, 1)
+    assert done(path, spec) == {0, 1}  # a rerun redoes it
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_an_unfinished_store_counts_only_done_shards(tmp_path, suffix):
+    """A killed writer may leave shard 1's rows without its done marker: they are pending, not ok."""
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / f"out{suffix}"
+    write(path, spec, feats, records, shards=[0, 1], finalize=False)
+    shard_object(path, "shard_done" if suffix == ".zarr" else "marker", 1).unlink()
+    info = summary(path)
+    assert (info["ok"], info["failed"], info["pending"], info["done_shards"]) == (2, 1, 4, 1)
+    assert info["inconsistent"] == [] and not info["finalized"]
+
+
+def test_a_moved_index_without_its_parts_counts_nothing_ok(tmp_path):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / "a" / "out.h5"
+    write(path, spec, feats, records)
+    (tmp_path / "b").mkdir()
+    moved = shutil.copy(path, tmp_path / "b" / "out.h5")
+    info = summary(moved)
+    assert (info["ok"], info["failed"], info["pending"], info["complete"]) == (0, 0, 7, False)
+    assert info["inconsistent"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("suffix, name", [(".zarr", "features"), (".zarr", "orig_hw"), (".h5", "part")])
+def test_verify_decodes_every_shard(tmp_path, suffix, name):
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / f"out{suffix}"
+    write(path, spec, feats, records)
+    assert summary(path, verify=True)["verify"] == [] and "verify" not in summary(path)
+    target = shard_object(path, name, 0)
+    target.write_bytes(bytes(target.stat().st_size))  # same size, so only decoding finds it
+    shard_object(path, "features" if suffix == ".zarr" else "part", 2).unlink()
+    rows = name == "orig_hw"  # wrc info reads the per-image rows itself: their shard is then inconsistent already
+    assert summary(path)["inconsistent"] == ([0, 2] if rows else [2])
+    problems = summary(path, verify=True)["verify"]
+    assert [p["shard"] for p in problems] == [0, 2]
+    assert problems[1]["error"] == "missing or changed since it was written"
+    if not rows:
+        assert problems[0]["error"].startswith("does not decode: ") and "\n" not in problems[0]["error"]
+
+
+def _as_layout_1(path: Path) -> None:
+    """Turn a finished store into what wrcli wrote before the done markers recorded sizes (store layout 1)."""
+    if path.suffix == ".zarr":
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        n_shards = group["shard_done"].shape[0]
+        del group["shard_done"]
+        group.create_array("shard_done", shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0)[:] = 1
+        wrc = dict(group.attrs["wrc"])
+        group.update_attributes({"wrc": {**wrc, "store": {**wrc["store"], "layout_version": 1}}})
+        zarr.consolidate_metadata(str(path))
+        return
+    parts = Path(f"{path}.parts")
+    for marker in parts.glob("*.done"):
+        marker.unlink()
+    meta = json.loads((parts / "wrc.json").read_text())
+    meta["store"]["layout_version"] = 1
+    (parts / "wrc.json").write_text(json.dumps(meta))
+    with h5py.File(path, "r+") as f:
+        index = json.loads(f.attrs["wrc"])
+        index["store"]["layout_version"] = 1
+        f.attrs["wrc"] = json.dumps(index)
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata")
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_store_of_the_earlier_layout_still_reads(tmp_path, suffix):
+    """Finished stores written before the size records stay readable (their markers are taken as they say); only
+    writing into one is refused (another layout: --overwrite)."""
+    spec = make_spec()
+    feats, records = make_data(spec)
+    path = tmp_path / f"old{suffix}"
+    write(path, spec, feats, records)
+    _as_layout_1(path)
+    assert_matches(path, spec, feats, records)
+    info = summary(path)
+    assert info["complete"] and info["inconsistent"] == [] and info["ok"] == spec.n_images - len(FAILED)
+    with pytest.raises(WrcError, match="store layout 1"):
+        create_store(path, spec)

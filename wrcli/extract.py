@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import queue
 import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import numpy as np
@@ -25,8 +27,8 @@ from torch.utils.data import DataLoader
 
 from wrcli import __version__
 from wrcli.backbones import Backbone
-from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER, STORE_DTYPES
 from wrcli.data import ImageDataset, ResizePolicy, discover
+from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER, STORE_DTYPES
 from wrcli.errors import WrcError
 from wrcli.models import Upsampler
 from wrcli.progress import Progress
@@ -34,7 +36,12 @@ from wrcli.runtime import (
     Rank, current_rank, lean_forks, page_align_large_tensors, run_when_idle, trim_memory, wait_until,
 )
 from wrcli.session import describe_upsampler, open_session
-from wrcli.stores import ImageRecord, StoreSpec, create_store, finalize_store, open_writer, store_format
+from wrcli.stores import (
+    ImageRecord, StoreSpec, check_job, create_store, current_job, finalize_store, lock_store, open_writer, store_format,
+)
+from wrcli.stores.base import shard_list
+
+log = logging.getLogger(__name__)
 
 SHARD_BYTES = 64 << 20  # padded bytes of features per shard (bounds memory and the redo after a crash)
 MAX_SHARD_IMAGES = 256
@@ -204,6 +211,27 @@ def extract(
     page_align_large_tensors()
     rank = current_rank()
     fmt = store_format(out, opts.format)
+    if not rank.is_main:
+        model, source, spec = _prepare(src, opts, fmt, stdin, command_line)
+        job = current_job()
+        wait_until(lambda: check_job(Path(out), job) and _opens(out, spec), timeout=opts.wait_timeout,
+                   what=f"rank 0 to create {out}")
+        return {"rank": rank.rank, **_write_mine(model, source, spec, out, rank, on_record, progress)}
+    with lock_store(out):  # before anything loads: a second writer is refused at once
+        model, source, spec = _prepare(src, opts, fmt, stdin, command_line)
+        create_store(out, spec, overwrite=opts.overwrite, format=fmt)
+        stats = _write_mine(model, source, spec, out, rank, on_record, progress)
+        if rank.world > 1:
+            wait_until(lambda: _all_done(out, spec), timeout=opts.wait_timeout,
+                       what="the other ranks to finish their shards")
+        summary = finalize_store(out)
+    summary.update(rank=0, seconds=stats["seconds"], images_per_s=stats["images_per_s"], processed=stats["processed"])
+    return summary
+
+
+def _prepare(src: str, opts: ExtractOptions, fmt: str, stdin: TextIO | None,
+             command_line: str) -> tuple[Extractor, Any, StoreSpec]:
+    """The images, the loaded model and the spec of the store they make (its metadata and fingerprint)."""
     source = discover(src, stdin=stdin, limit=opts.limit)
     model = Extractor(opts)
     grid = model.grid()
@@ -221,24 +249,18 @@ def extract(
             "options": {k: v for k, v in asdict(opts).items() if k in ("batch_size", "workers", "device")},
         },
     )
-    if rank.is_main:
-        create_store(out, spec, overwrite=opts.overwrite, format=fmt)
-    else:
-        wait_until(lambda: _opens(out, spec), timeout=opts.wait_timeout, what=f"rank 0 to create {out}")
-    writer = open_writer(out, spec)
-    try:
-        done = writer.done_shards()
+    return model, source, spec
+
+
+def _write_mine(model: Extractor, source, spec: StoreSpec, out: str, rank: Rank,
+                on_record: Callable[[dict], None] | None, progress: bool) -> dict:
+    """Write this rank's shards that are not done yet (or whose files are missing or changed); their counts and speed."""
+    with open_writer(out, spec) as writer:
+        done, broken = writer.check_shards()
         mine = [k for k in range(spec.n_shards) if k % rank.world == rank.rank and k not in done]
-        stats = _run_shards(model, source, spec, mine, writer, rank, on_record, progress)
-    finally:
-        writer.close()
-    if not rank.is_main:
-        return {"rank": rank.rank, **stats}
-    if rank.world > 1:
-        wait_until(lambda: _all_done(out, spec), timeout=opts.wait_timeout, what="the other ranks to finish their shards")
-    summary = finalize_store(out)
-    summary.update(rank=0, seconds=stats["seconds"], images_per_s=stats["images_per_s"], processed=stats["processed"])
-    return summary
+        if redo := sorted(set(mine) & broken):
+            log.warning("%s: %s marked done but missing or changed since written; redoing them", out, shard_list(redo))
+        return _run_shards(model, source, spec, mine, writer, rank, on_record, progress)
 
 
 def _opens(out: str, spec: StoreSpec) -> bool:

@@ -2,13 +2,14 @@
 
 Protocol for one extraction (any number of processes; shards are assigned statically to ranks)::
 
-    create_store(out, spec)                 # rank 0 only, before anyone opens it (resumes a matching store)
-    # ... barrier ...
-    with open_writer(out, spec) as w:       # every rank
-        for k in my_shards - w.done_shards():
-            w.write_shard(k, features, records)
-    # ... barrier ...
-    finalize_store(out)                     # rank 0 only, once all shards are done
+    with lock_store(out, job):              # rank 0 only, for the whole run; other ranks: check_job(out, job)
+        create_store(out, spec)             # rank 0 only, before anyone opens it (resumes a matching store)
+        # ... barrier ...
+        with open_writer(out, spec) as w:   # every rank
+            for k in my_shards - w.done_shards():
+                w.write_shard(k, features, records)
+        # ... barrier ...
+        finalize_store(out)                 # rank 0 only, once all shards are done
 
 Readers: ``with open_store(out) as s: for name, feats in s: ...``; ``summary(out)`` for ``wrc info``.
 The on-disk layouts are documented in :mod:`wrcli.stores.zarr_store` and :mod:`wrcli.stores.hdf5_store`; each
@@ -21,16 +22,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from wrcli.errors import WrcError
+from wrcli.errors import WrcError, first_line
 from wrcli.files import remove_stale_tmps
 from wrcli.stores.backend import StoreBackend
-from wrcli.stores.base import ImageRecord, StoreReader, StoreSpec, StoreWriter, stored_metadata, summarize
+from wrcli.stores.base import (
+    ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter, stored_metadata, summarize,
+)
 from wrcli.stores.hdf5_store import Hdf5Backend
+from wrcli.stores.lock import StoreLock, check_job, current_job
 from wrcli.stores.mismatch import difference
 from wrcli.stores.zarr_store import ZarrBackend
 
-__all__ = ["BACKENDS", "ImageRecord", "StoreBackend", "StoreReader", "StoreSpec", "StoreWriter", "create_store",
-           "finalize_store", "open_store", "open_writer", "store_format", "summary"]
+__all__ = ["BACKENDS", "ImageRecord", "StoreBackend", "StoreLock", "StoreReader", "StoreSpec", "StoreWriter",
+           "check_job", "create_store", "current_job", "finalize_store", "lock_store", "open_store", "open_writer",
+           "store_format", "summary"]
 
 BACKENDS: dict[str, StoreBackend] = {b.format: b for b in (ZarrBackend(), Hdf5Backend())}
 _SUFFIXES = {suffix: b.format for b in BACKENDS.values() for suffix in b.suffixes}
@@ -47,6 +52,12 @@ def store_format(path: str | os.PathLike, format: str | None = None) -> str:
         names, formats = " or ".join(f"*{b.suffixes[0]}" for b in BACKENDS.values()), "|".join(BACKENDS)
         raise WrcError(f"cannot tell the store format of {path}; name it {names}, or pass --format {formats}")
     return _SUFFIXES[suffix]
+
+
+def lock_store(path: str | os.PathLike, job: str | None = None) -> StoreLock:
+    """The lease that makes ``job`` (default: :func:`current_job`) the store's only writer, to use as a context
+    manager around create, write and finalize (rank 0); WrcError naming the other writer if one holds it."""
+    return StoreLock(Path(path), job or current_job())
 
 
 def create_store(path: str | os.PathLike, spec: StoreSpec, *, overwrite: bool = False,
@@ -97,11 +108,27 @@ def open_store(path: str | os.PathLike) -> StoreReader:
     return _existing_backend(path).open_reader(path)
 
 
-def summary(path: str | os.PathLike) -> dict:
-    """What ``wrc info`` shows: counts, first failures, progress, shape, dtype, bytes on disk, main settings."""
+def summary(path: str | os.PathLike, verify: bool = False) -> dict:
+    """What ``wrc info`` shows: counts, first failures, progress, consistency, shape, dtype, bytes on disk, main
+    settings; with ``verify``, also ``verify``: the shards whose bytes cannot be read back (every shard decoded)."""
     path = Path(path)
     backend = _existing_backend(path)
-    return summarize(path, backend.format, backend.state(path), backend.paths(path))
+    state = backend.state(path)
+    info = summarize(path, backend.format, state, backend.paths(path))
+    if verify:
+        info["verify"] = _verify(backend, path, state)
+    return info
+
+
+def _verify(backend: StoreBackend, path: Path, state: StoreState) -> list[dict]:
+    """``{"shard": k, "error": ...}`` for each shard that is missing, changed, or does not decode."""
+    problems = {k: "missing or changed since it was written" for k in state.inconsistent()}
+    for k in sorted(state.done):
+        try:
+            backend.decode_shard(path, k)
+        except Exception as exc:  # noqa: BLE001 - whatever the format's library raises on damaged bytes is reported
+            problems[k] = f"does not decode: {first_line(exc)}"
+    return [{"shard": k, "error": problems[k]} for k in sorted(problems)]
 
 
 def _backend_of(path: Path, format: str | None = None) -> StoreBackend:

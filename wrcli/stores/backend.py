@@ -5,7 +5,7 @@ A store is named by the path the user gives (OUT); a format may keep its bytes i
 of one extraction — :meth:`~StoreBackend.existing`, :meth:`~StoreBackend.remove` and :meth:`~StoreBackend.ensure`
 on rank 0, :meth:`~StoreBackend.read_metadata` and :meth:`~StoreBackend.open_writer` on every rank,
 :meth:`~StoreBackend.finalize` on rank 0 — and then for readers (:meth:`~StoreBackend.state`,
-:meth:`~StoreBackend.open_reader`). A backend holds no state of its own: one instance serves every path.
+:meth:`~StoreBackend.decode_shard`, :meth:`~StoreBackend.open_reader`). A backend holds no state of its own: one instance serves every path.
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ class StoreBackend(ABC):
     @abstractmethod
     def state(self, path: Path) -> StoreState:
         """What the store holds now, before or after :meth:`finalize` (for ``wrc info``)."""
+
+    @abstractmethod
+    def decode_shard(self, path: Path, k: int) -> None:
+        """Read and decode all of shard ``k``'s features and per-image rows (for ``wrc info --verify``); raises
+        whatever the format's library raises on damaged bytes."""
 
     @abstractmethod
     def open_reader(self, path: Path) -> StoreReader:

@@ -8,7 +8,7 @@ import os
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], tuple[str, ...]]] = {
     "status": ("int8", (), ("image",)),
     "error": ("str", (), ("image",)),
 }
+LAYOUT_VERSION = 2  # 2: the done markers record the sizes of the shard's files
 LAYOUT_KEYS = ("n_images", "channels", "height", "width", "dtype", "shard_size")
 
 
@@ -82,12 +83,20 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class StoreState:
-    """What a store holds now, finished or not: its metadata, per-image columns, done shards, whether finalized."""
+    """What a store holds now, finished or not: its metadata, per-image columns, done shards (marked done, and
+    their files as they were written), whether finalized, and the shards marked done whose files are missing or
+    changed since."""
 
     metadata: dict
     columns: dict[str, np.ndarray]
     done: set[int]
     finalized: bool
+    broken: set[int] = field(default_factory=set)
+
+    def inconsistent(self) -> list[int]:
+        """The shards that the store lacks although it says otherwise: broken ones, and once finalized any not done."""
+        n_shards = spec_from_metadata(self.metadata).n_shards
+        return sorted(self.broken | (set(range(n_shards)) - self.done if self.finalized else set()))
 
 
 class StoreWriter(ABC):
@@ -97,7 +106,12 @@ class StoreWriter(ABC):
         self.path, self.spec = path, spec
 
     @abstractmethod
-    def done_shards(self) -> set[int]: ...
+    def check_shards(self) -> tuple[set[int], set[int]]:
+        """The shards marked done whose files are as they were written, and those marked done whose are not
+        (missing or of another size: to redo)."""
+
+    def done_shards(self) -> set[int]:
+        return self.check_shards()[0]
 
     @abstractmethod
     def write_shard(self, k: int, features: np.ndarray, records: Sequence[ImageRecord]) -> None: ...
@@ -155,7 +169,7 @@ def stored_metadata(spec: StoreSpec) -> dict:
     """The ``wrc`` attribute for a new store: the caller's metadata (JSON round-tripped) plus a ``store`` section."""
     metadata = json.loads(json.dumps(spec.metadata, allow_nan=False))
     layout = {k: getattr(spec, k) if k == "dtype" else int(getattr(spec, k)) for k in LAYOUT_KEYS}
-    metadata["store"] = {"layout_version": 1, **layout}
+    metadata["store"] = {"layout_version": LAYOUT_VERSION, **layout}
     return metadata
 
 
@@ -180,6 +194,16 @@ def incomplete_error(path: Path, missing: Sequence[int], n_shards: int) -> WrcEr
                     "rerun the same extract command to finish it")
 
 
+def inconsistent_error(path: Path, shards: Sequence[int]) -> WrcError:
+    return WrcError(f"{path} is inconsistent: {shard_list(shards)} missing or changed; rerun the same extract command")
+
+
+def shard_list(shards: Sequence[int], most: int = 8) -> str:
+    """``shards 1, 4, 9`` (the first ``most``, then ``...``)."""
+    return ("shard " if len(shards) == 1 else "shards ") + ", ".join(map(str, shards[:most])) + (
+        ", ..." if len(shards) > most else "")
+
+
 def unfinished_error(path: Path) -> WrcError:
     return WrcError(f"{path} is not finished; rerun the same extract command to complete it (wrc info shows progress)")
 
@@ -195,6 +219,28 @@ def check_shard(spec: StoreSpec, k: int, features: np.ndarray, records: Sequence
     if len(records) != len(rng):
         raise ValueError(f"shard {k}: expected {len(rng)} records, got {len(records)}")
     return rng
+
+
+def gather_columns(spec: StoreSpec, done: set[int],
+                   read: Callable[[int], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], set[int]]:
+    """Per-image columns over all images, filled from ``read(k)`` (shard ``k``'s rows) for the done shards, pending
+    rows elsewhere; and the done shards whose rows cannot be read (damaged bytes)."""
+    n = spec.n_images
+    columns = {
+        name: np.full((n, *tail), "", dtype=object) if dtype == "str" else np.zeros((n, *tail), dtype=dtype)
+        for name, (dtype, tail, _) in COLUMNS.items()
+    }
+    unreadable = set()
+    for k in sorted(done):
+        rng = spec.shard_range(k)
+        try:
+            rows = read(k)
+        except (OSError, RuntimeError, ValueError, KeyError):  # what zarr's codecs and h5py raise on damaged bytes
+            unreadable.add(k)
+            continue
+        for name, values in rows.items():
+            columns[name][rng.start:rng.stop] = values
+    return columns, unreadable
 
 
 def columns_from_records(records: Sequence[ImageRecord]) -> dict[str, np.ndarray]:
@@ -215,11 +261,17 @@ def records_from_columns(columns: dict[str, np.ndarray]) -> list[ImageRecord]:
 
 
 def summarize(path: Path, format: str, state: StoreState, paths: Sequence[Path], n_failures: int = 5) -> dict:
-    """The ``wrc info`` dictionary of the store at ``path``, whose bytes are under ``paths``."""
+    """The ``wrc info`` dictionary of the store at ``path``, whose bytes are under ``paths``. Only the images of
+    done shards count as ok or failed; the others are pending."""
     metadata, columns = state.metadata, state.columns
     spec = spec_from_metadata(metadata)
-    status = columns["status"]
+    counted = np.zeros(spec.n_images, dtype=bool)
+    for k in state.done:
+        rng = spec.shard_range(k)
+        counted[rng.start:rng.stop] = True
+    status = np.where(counted, columns["status"], PENDING)
     failed = np.flatnonzero(status == FAILED)[:n_failures]
+    inconsistent = state.inconsistent()
     return {
         "format": format,
         "path": str(path),
@@ -230,6 +282,7 @@ def summarize(path: Path, format: str, state: StoreState, paths: Sequence[Path],
         "failures": [{"name": str(columns["path"][i]), "error": str(columns["error"][i])} for i in failed],
         "complete": len(state.done) == spec.n_shards,
         "finalized": state.finalized,
+        "inconsistent": inconsistent,
         "done_shards": len(state.done),
         "n_shards": spec.n_shards,
         "shape": [spec.n_images, spec.channels, spec.height, spec.width],

@@ -8,8 +8,10 @@ Layout (plain h5py reads it)::
 
     OUT.parts/wrc.json              the ``wrc`` metadata, written when the store is created
     OUT.parts/shard-00000123.h5     shard 123: ``features`` (n, C, H, W), one lzf chunk per image, fill 0, plus the
-                                    per-image datasets; written under a temporary name and renamed into place, so
-                                    its existence is the shard's done marker (a killed writer cannot corrupt it)
+                                    per-image datasets; written under a temporary name and renamed into place
+                                    (a killed writer cannot corrupt it)
+    OUT.parts/shard-00000123.done   the shard's done marker, written after its part: ``{"bytes": <part size>}``;
+                                    the shard counts as done only while its part has that size
     OUT                             written by finalize: ``features`` (N, C, H, W) virtual over the parts;
                                     ``path``, ``error`` (UTF-8 strings: read them with ``.asstr()[:]``);
                                     ``orig_hw``, ``input_hw``, ``feat_hw`` (N, 2) int32 (``feat_hw``: valid top-left
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -35,11 +38,11 @@ from wrcli.files import TMP_TAG, atomic_write, remove_stale_tmps
 from wrcli.stores.backend import StoreBackend
 from wrcli.stores.base import (
     COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter,
-    check_shard, columns_from_records, foreign_error, incomplete_error, is_empty_dir, is_wrc_metadata,
-    spec_from_metadata, unfinished_error,
+    check_shard, columns_from_records, foreign_error, gather_columns, incomplete_error, inconsistent_error,
+    is_empty_dir, is_wrc_metadata, shard_list, spec_from_metadata, unfinished_error,
 )
 
-_PART = re.compile(r"shard-(\d{8})\.h5")
+_MARKER = re.compile(r"shard-(\d{8})\.done")
 _TEXT = h5py.string_dtype("utf-8")
 
 
@@ -49,6 +52,10 @@ def parts_dir(path: Path) -> Path:
 
 def part_name(k: int) -> str:
     return f"shard-{k:08d}.h5"
+
+
+def marker_name(k: int) -> str:
+    return f"shard-{k:08d}.done"
 
 
 class Hdf5Backend(StoreBackend):
@@ -100,13 +107,15 @@ class Hdf5Backend(StoreBackend):
         parts = parts_dir(path)
         metadata = self.read_metadata(path)
         spec = spec_from_metadata(metadata)
-        missing = sorted(set(range(spec.n_shards)) - _done(parts, spec))
+        missing = sorted(set(range(spec.n_shards)) - _check(parts, spec, metadata)[0])
         if missing:
             raise incomplete_error(path, missing, spec.n_shards)
         for stale in parts.glob(f".shard-*{TMP_TAG}*"):
             stale.unlink()
         remove_stale_tmps(path)
-        columns = _gather(parts, spec, set(range(spec.n_shards)))
+        columns, unreadable = gather_columns(spec, set(range(spec.n_shards)), partial(_read_part_columns, parts))
+        if unreadable:
+            raise inconsistent_error(path, sorted(unreadable))
         status = columns["status"]
         metadata["store"] = {**metadata["store"], "ok": int((status == OK).sum()),
                              "failed": int((status == FAILED).sum())}
@@ -119,11 +128,17 @@ class Hdf5Backend(StoreBackend):
         index = _index_metadata(path)
         metadata = index or self.read_metadata(path)
         spec = spec_from_metadata(metadata)
-        done = _done(parts, spec) if parts.is_dir() else set()
+        done, broken = _check(parts, spec, metadata)
         if index is None:
-            return StoreState(metadata, _gather(parts, spec, done), done, finalized=False)
+            columns, unreadable = gather_columns(spec, done, partial(_read_part_columns, parts))
+            return StoreState(metadata, columns, done - unreadable, finalized=False, broken=broken | unreadable)
         with h5py.File(path, "r") as f:
-            return StoreState(metadata, _read_columns(f), done, finalized=True)
+            return StoreState(metadata, _read_columns(f), done, finalized=True, broken=broken)
+
+    def decode_shard(self, path: Path, k: int) -> None:
+        with h5py.File(parts_dir(path) / part_name(k), "r", locking=False) as f:
+            f["features"][:]
+            _read_columns(f)
 
     def open_reader(self, path: Path) -> StoreReader:
         metadata = _index_metadata(path)
@@ -132,10 +147,11 @@ class Hdf5Backend(StoreBackend):
             raise unfinished_error(path)
         spec = spec_from_metadata(metadata)
         parts = parts_dir(path)
-        missing = spec.n_shards - len(_done(parts, spec) if parts.is_dir() else ())
+        missing = sorted(set(range(spec.n_shards)) - _check(parts, spec, metadata)[0])
         if missing:
-            raise WrcError(f"{path} reads its features from {parts.name}/, where {missing} of {spec.n_shards} part "
-                           f"files are missing; keep {parts.name}/ next to {path.name}")
+            raise WrcError(f"{path} reads its features from {parts.name}/, where {len(missing)} of {spec.n_shards} "
+                           f"part files are missing or changed ({shard_list(missing)}); keep {parts.name}/ next to "
+                           f"{path.name}, or rerun the same extract command")
         f = h5py.File(path, "r")
         return StoreReader(path, self.format, metadata, _read_columns(f), f["features"], close=f.close)
 
@@ -147,20 +163,37 @@ class Hdf5Writer(StoreWriter):
         super().__init__(path, spec)
         self._parts = parts_dir(path)
 
-    def done_shards(self) -> set[int]:
-        return _done(self._parts, self.spec)
+    def check_shards(self) -> tuple[set[int], set[int]]:
+        return _check(self._parts, self.spec)
 
     def write_shard(self, k: int, features: np.ndarray, records: Sequence[ImageRecord]) -> None:
         check_shard(self.spec, k, features, records)
-        final = self._parts / part_name(k)
+        final, marker = self._parts / part_name(k), self._parts / marker_name(k)
+        marker.unlink(missing_ok=True)  # a rewrite is not done until complete
         remove_stale_tmps(final)  # left by a writer of this shard that was killed
         with atomic_write(final, durable=True) as tmp:
             _write_part(tmp, features, records)
+        with atomic_write(marker, durable=True) as tmp:
+            tmp.write_text(json.dumps({"bytes": final.stat().st_size}), encoding="utf-8")
 
 
-def _done(parts: Path, spec: StoreSpec) -> set[int]:
-    found = (_PART.fullmatch(p.name) for p in parts.glob("shard-*.h5"))
-    return {k for m in found if m and (k := int(m[1])) < spec.n_shards}
+def _check(parts: Path, spec: StoreSpec, metadata: dict | None = None) -> tuple[set[int], set[int]]:
+    """The shards marked done whose part has the recorded size, and those marked done whose part does not. In a
+    store of layout 1 (wrcli before the ``.done`` markers; ``metadata`` says which) a part's existence marked it."""
+    if metadata is not None and metadata["store"].get("layout_version", 1) < 2:
+        found = (re.fullmatch(r"shard-(\d{8})\.h5", p.name) for p in parts.glob("shard-*.h5"))
+        return {k for m in found if m and (k := int(m[1])) < spec.n_shards}, set()
+    done, broken = set(), set()
+    for marker in parts.glob("shard-*.done"):
+        if (m := _MARKER.fullmatch(marker.name)) is None or (k := int(m[1])) >= spec.n_shards:
+            continue
+        part = parts / part_name(k)
+        try:
+            ok = json.loads(marker.read_text(encoding="utf-8"))["bytes"] == part.stat().st_size
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        (done if ok else broken).add(k)
+    return done, broken
 
 
 def _write_part(path: Path, features: np.ndarray, records: Sequence[ImageRecord]) -> None:
@@ -174,19 +207,9 @@ def _write_part(path: Path, features: np.ndarray, records: Sequence[ImageRecord]
             f.create_dataset(name, data=values, dtype=_TEXT if values.dtype == object else values.dtype)
 
 
-def _gather(parts: Path, spec: StoreSpec, done: set[int]) -> dict[str, np.ndarray]:
-    """Per-image columns over all images, read from the done parts (pending rows elsewhere)."""
-    n = spec.n_images
-    columns = {
-        name: np.full((n, *tail), "", dtype=object) if dtype == "str" else np.zeros((n, *tail), dtype=dtype)
-        for name, (dtype, tail, _) in COLUMNS.items()
-    }
-    for k in sorted(done):
-        rng = spec.shard_range(k)
-        with h5py.File(parts / part_name(k), "r", locking=False) as f:
-            for name, values in _read_columns(f).items():
-                columns[name][rng.start:rng.stop] = values
-    return columns
+def _read_part_columns(parts: Path, k: int) -> dict[str, np.ndarray]:
+    with h5py.File(parts / part_name(k), "r", locking=False) as f:
+        return _read_columns(f)
 
 
 def _read_columns(f: h5py.File) -> dict[str, np.ndarray]:

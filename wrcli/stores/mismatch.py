@@ -75,6 +75,9 @@ def difference(old: dict, new: dict) -> str | None:
         n_old, n_new = old["store"].get("n_images"), new["store"]["n_images"]
         counts = f"{n_old} images, now {n_new}" if n_old != n_new else "same count, other names or order"
         return f"holds another image list ({counts})"
+    versions = old["store"].get("layout_version"), new["store"]["layout_version"]
+    if versions[0] != versions[1]:
+        return f"was written by another wrcli (store layout {versions[0]} ≠ {versions[1]})"
     layout = [(f"store.{k}", old["store"].get(k), new["store"][k]) for k in LAYOUT_KEYS
               if old["store"].get(k) != new["store"][k]]
     if old.get("fingerprint") == new.get("fingerprint") and not layout:

@@ -11,9 +11,13 @@ Layout::
     orig_hw/, input_hw/,    (N, 2) int32, dims (image, hw); ``feat_hw`` is the valid top-left region of the grid
     feat_hw/
     status/                 (N,) int8: 0 pending, 1 ok, 2 failed (CF flag attributes)
-    shard_done/             (n_shards,) uint8, one object per shard, written last: 1 = shard complete
+    shard_done/             (n_shards, 7) int64, one object per shard, written last: the sizes in bytes of the shard's
+                            objects in features/ and the per-image arrays (attribute ``objects``; 0: none, as zarr
+                            writes no chunk equal to the fill value) when it was written; all 0: not done
 
-Per-image arrays are chunked by shard, so every object belongs to exactly one shard and one writer.
+Per-image arrays are chunked by shard, so every object belongs to exactly one shard and one writer. A shard
+counts as done only while its objects have the recorded sizes: a deleted or truncated object makes it pending
+again (a rerun redoes it, ``wrc info`` reports it).
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from wrcli.files import atomic_write, fsync
 from wrcli.stores.backend import StoreBackend
 from wrcli.stores.base import (
     COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter,
-    check_shard, columns_from_records, foreign_error, incomplete_error, is_empty_dir, is_wrc_metadata,
-    spec_from_metadata, unfinished_error,
+    check_shard, columns_from_records, foreign_error, gather_columns, incomplete_error, inconsistent_error,
+    is_empty_dir, is_wrc_metadata, spec_from_metadata, unfinished_error,
 )
+
+OBJECTS = ("features", *COLUMNS)  # the arrays with one object per shard, in the order shard_done records them
 
 
 class ZarrBackend(StoreBackend):
@@ -79,7 +85,7 @@ class ZarrBackend(StoreBackend):
         group = zarr.open_group(store, mode="r+", use_consolidated=False)
         metadata = dict(group.attrs["wrc"])
         spec = spec_from_metadata(metadata)
-        missing = np.flatnonzero(group["shard_done"][:] == 0).tolist()
+        missing = sorted(set(range(spec.n_shards)) - _check(path, group)[0])
         if missing:
             raise incomplete_error(path, missing, spec.n_shards)
         status = group["status"][:]
@@ -95,15 +101,26 @@ class ZarrBackend(StoreBackend):
     def state(self, path: Path) -> StoreState:
         group = self._open_read(path)
         metadata = group.attrs["wrc"]
-        columns = {name: group[name][:] for name in COLUMNS}
-        done = {int(k) for k in np.flatnonzero(group["shard_done"][:])}
-        return StoreState(metadata, columns, done, finalized="ok" in metadata["store"])
+        spec = spec_from_metadata(metadata)
+        done, broken = _check(path, group)
+        columns, unreadable = gather_columns(spec, done, lambda k: _rows(group, spec.shard_range(k)))
+        return StoreState(metadata, columns, done - unreadable, finalized="ok" in metadata["store"],
+                          broken=broken | unreadable)
+
+    def decode_shard(self, path: Path, k: int) -> None:
+        group = self._open_read(path)
+        rng = spec_from_metadata(group.attrs["wrc"]).shard_range(k)
+        for name in OBJECTS:
+            group[name][rng.start:rng.stop]
 
     def open_reader(self, path: Path) -> StoreReader:
         group = self._open_read(path)
         metadata = group.attrs["wrc"]
         if "ok" not in metadata["store"]:
             raise unfinished_error(path)
+        missing = set(range(spec_from_metadata(metadata).n_shards)) - _check(path, group)[0]
+        if missing:
+            raise inconsistent_error(path, sorted(missing))
         columns = {name: group[name][:] for name in COLUMNS}
         return StoreReader(path, self.format, metadata, columns, group["features"])
 
@@ -123,8 +140,37 @@ def _create(path: Path, spec: StoreSpec, metadata: dict) -> None:
         group.create_array(name, shape=(n, *tail), chunks=(s, *tail), dtype=str if text else dtype,
                            fill_value="" if text else 0, dimension_names=dims,
                            attributes=STATUS_ATTRS if name == "status" else {})
-    group.create_array("shard_done", shape=(spec.n_shards,), chunks=(1,), dtype="uint8", fill_value=0,
-                       compressors=None, dimension_names=("shard",))
+    group.create_array("shard_done", shape=(spec.n_shards, len(OBJECTS)), chunks=(1, len(OBJECTS)), dtype="int64",
+                       fill_value=0, compressors=None, dimension_names=("shard", "object"),
+                       attributes={"objects": list(OBJECTS)})
+
+
+def _rows(group: zarr.Group, rng: range) -> dict[str, np.ndarray]:
+    return {name: group[name][rng.start:rng.stop] for name in COLUMNS}
+
+
+def _object(path: Path, array: zarr.Array, k: int) -> Path:
+    """The file holding shard ``k`` of ``array`` (zarr writes each object via a temporary file and a rename)."""
+    return path / array.path / array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))
+
+
+def _sizes(files: Sequence[Path]) -> list[int]:
+    return [f.stat().st_size if f.is_file() else 0 for f in files]
+
+
+def _check(path: Path, group: zarr.Group) -> tuple[set[int], set[int]]:
+    """The shards marked done whose objects have the recorded sizes, and those marked done whose do not. A store of
+    layout 1 (wrcli before the sizes were recorded: ``shard_done`` (n_shards,) of 0/1) is read as it says."""
+    arrays = [group[name] for name in OBJECTS]
+    markers = group["shard_done"][:]
+    if markers.ndim == 1:
+        return {int(k) for k in np.flatnonzero(markers)}, set()
+    done, broken = set(), set()
+    for k, recorded in enumerate(markers.tolist()):
+        if recorded[0] > 0:
+            ok = _sizes([_object(path, a, k) for a in arrays]) == recorded
+            (done if ok else broken).add(k)
+    return done, broken
 
 
 class ZarrWriter(StoreWriter):
@@ -133,14 +179,15 @@ class ZarrWriter(StoreWriter):
     def __init__(self, path: Path, spec: StoreSpec) -> None:
         super().__init__(path, spec)
         group = zarr.open_group(LocalStore(path), mode="r+", use_consolidated=False)
-        self._arrays = {name: group[name] for name in ("features", *COLUMNS)}
+        self._group = group
+        self._arrays = {name: group[name] for name in OBJECTS}
         # zarr by default compares every inner chunk with the fill value to skip empty ones, bytewise through a
         # void view (~30 ms per image at 448, more than compressing it); an all-zero chunk costs ~0.4 KB in zstd
         self._arrays["features"] = self._arrays["features"].with_config({"write_empty_chunks": True})
         self._done = group["shard_done"]
 
-    def done_shards(self) -> set[int]:
-        return {int(k) for k in np.flatnonzero(self._done[:])}
+    def check_shards(self) -> tuple[set[int], set[int]]:
+        return _check(self.path, self._group)
 
     def io_threads(self) -> list[int]:
         """zarr's event-loop thread and its codec pool (compression runs there), as far as they exist yet:
@@ -151,8 +198,10 @@ class ZarrWriter(StoreWriter):
     def write_shard(self, k: int, features: np.ndarray, records: Sequence[ImageRecord]) -> None:
         rng = check_shard(self.spec, k, features, records)
         rows = slice(rng.start, rng.stop)
-        files = [self._object(array, k) for array in self._arrays.values()]
+        files = [_object(self.path, array, k) for array in self._arrays.values()]
         self._done[k] = 0  # writing the fill value deletes the marker: a rewrite is not done until complete
+        for f in files:  # a rewrite starts from nothing (zarr would merge into a damaged shard object)
+            f.unlink(missing_ok=True)
         try:
             self._arrays["features"][rows] = features
             for name, values in columns_from_records(records).items():
@@ -162,12 +211,8 @@ class ZarrWriter(StoreWriter):
             for f in files:  # frees the space (ENOSPC) and leaves no half shard behind
                 f.unlink(missing_ok=True)
             raise
-        self._done[k] = 1
-        fsync([self._object(self._done, k)])
-
-    def _object(self, array: zarr.Array, k: int) -> Path:
-        """The file holding shard ``k`` of ``array`` (zarr writes each object via a temporary file and a rename)."""
-        return self.path / array.path / array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))
+        self._done[k] = _sizes(files)
+        fsync([_object(self.path, self._done, k)])
 
 
 def _read_wrc(path: Path) -> dict | None:
