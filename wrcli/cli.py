@@ -11,7 +11,9 @@ import errno
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -387,6 +389,7 @@ def train_cmd(
     log_file: Optional[str] = typer.Option(None, help="JSON-lines log (default OUT.log.jsonl)."),
     checkpoint_every: int = typer.Option(1000, min=1, help="Save the training state every N steps (and at exit)."),
     resume: bool = typer.Option(False, help="Continue exactly from OUT.state.pt."),
+    overwrite: bool = typer.Option(False, help="Without --resume: delete an earlier run's OUT, state and log and start over (else refused)."),
     cache: Optional[str] = typer.Option(None, help="Folder for precomputed backbone targets: no backbone passes while training."),
     cache_variants: int = typer.Option(4, min=1, help="Random crop sets cached per image."),
     down_weight: float = typer.Option(1.0, min=0.0, help="Weight of the term against the 2×-resolution features."),
@@ -400,7 +403,12 @@ def train_cmd(
     checkpoint (or --recipe published). Ends with one line on stderr: the file written, or where the state is."""
     from wrcli.runtime import current_rank
     from wrcli.train import TrainingStopped, TrainOptions, summary_line, train
+    from wrcli.training.outputs import RunFiles, check_writable
 
+    try:  # before the backbone loads: an OUT that cannot be written is a usage error, reported at once
+        check_writable(RunFiles.of(out, log_file))
+    except WrcError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None
     try:
         val_spec: float | str | None = float(val)
     except ValueError:
@@ -411,7 +419,7 @@ def train_cmd(
         recipe=recipe, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
         solver=solver, skip=skip, mse=mse, backbone=backbone, backbone_weights=backbone_weights, size=size,
         val=val_spec, val_every=val_every, log_every=log_every, log_file=log_file, checkpoint_every=checkpoint_every,
-        resume=resume, cache=cache, cache_variants=cache_variants, down_weight=down_weight, aug_weight=aug_weight,
+        resume=resume, overwrite=overwrite, cache=cache, cache_variants=cache_variants, down_weight=down_weight, aug_weight=aug_weight,
         workers=workers, seed=seed, device=device,
     )
     main_rank, again = current_rank().is_main, _command() + ("" if resume else " --resume")
@@ -506,16 +514,19 @@ def bench_cmd(
 def info_cmd(
     store: str = typer.Argument(..., help="A store written by wrc extract (*.zarr, *.h5)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    verify: bool = typer.Option(False, "--verify", help="Read and decode every shard; exit 1 if any fails."),
 ) -> None:
-    """Summarise a feature store: images, failures, shape, settings, completeness."""
+    """Summarise a feature store: images, failures, shape, settings, completeness, consistency."""
     from wrcli.stores import summary
 
-    info = summary(store)
+    info = summary(store, verify=verify)
     if json_out:
         _print_json(info)
-        return
-    for key, value in _info_lines(info):
-        typer.echo(f"{key:>12}  {value}")
+    else:
+        for key, value in _info_lines(info):
+            typer.echo(f"{key:>12}  {value}")
+    if info.get("verify"):
+        raise typer.Exit(EXIT_FAILURE)
 
 
 def _info_lines(info: dict) -> list[tuple[str, str]]:
@@ -536,7 +547,14 @@ def _info_lines(info: dict) -> list[tuple[str, str]]:
                       + (f" checkpoint {ckpt}" if ckpt else "") + (f" ×{info['scale']}" if info.get("scale") else "")),
         ("resize", f"short side {resize.get('size')}, patch {resize.get('patch')}, " + shape),
     ]
+    if info.get("inconsistent"):
+        from wrcli.stores.base import shard_list
+
+        lines.insert(3, ("inconsistent", f"{shard_list(info['inconsistent'])} missing or changed; rerun the same command"))
     lines += [("failed", f"{f['name']}: {f['error']}") for f in info.get("failures", [])]
+    if "verify" in info:
+        lines += [("verify", f"shard {p['shard']}: {p['error']}") for p in info["verify"]] or [
+            ("verify", f"every shard reads back ({info['done_shards']} decoded)")]
     return lines
 
 
@@ -610,12 +628,25 @@ def main() -> None:
 
 
 def _run() -> None:
-    """The app, with every error turned into its one line and exit code."""
+    """The app, with every error turned into its one line and exit code. Ctrl-C too (exit 130): typer turns a
+    KeyboardInterrupt into a silent exit 130, so Python's SIGINT handler is wrapped to record that it fired."""
+    ctrl_c = threading.Event()
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        ctrl_c.set()
+        signal.default_int_handler(signum, frame)
+
+    ours = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # not when SIGINT is ignored (nohup, &)
+    if ours:
+        signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         app(default_map=config_defaults())
     except KeyboardInterrupt:
-        typer.echo("wrc: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        pass  # raised outside typer's own handling (e.g. while it starts)
+    except SystemExit as exc:
+        if exc.code != EXIT_INTERRUPTED or not ctrl_c.is_set():
+            raise
     except WrcError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -624,3 +655,10 @@ def _run() -> None:
         _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
     except Exception as exc:  # noqa: BLE001 - last resort: still one line
         _fail(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+    else:
+        return
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    typer.echo("wrc: interrupted — rerun the same command to resume", err=True)  # only Ctrl-C gets here
+    sys.exit(EXIT_INTERRUPTED)
