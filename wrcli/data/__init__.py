@@ -1,4 +1,4 @@
-"""Image discovery (folder, glob, list file, stdin), decoding and the resize policy.
+"""Image discovery (folder, glob, list file, stdin), file names as text, decoding and the resize policy.
 
 Names are imported lazily: ``discover`` needs no torch, ``ImageDataset`` does.
 """
@@ -9,7 +9,7 @@ from wrcli.lazy import lazy_getattr
 
 __all__ = [
     "IMAGE_EXTENSIONS", "Source", "discover", "is_image_name",
-    "ResizePolicy", "ImageError", "load_image", "ImageDataset",
+    "ResizePolicy", "ImageError", "load_image", "ImageDataset", "name_text", "name_bytes", "printable",
 ]
 
 _LAZY = {
@@ -21,6 +21,9 @@ _LAZY = {
     "ImageError": "wrcli.data.images",
     "load_image": "wrcli.data.images",
     "ImageDataset": "wrcli.data.images",
+    "name_text": "wrcli.data.names",
+    "name_bytes": "wrcli.data.names",
+    "printable": "wrcli.data.names",
 }
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from wrcli.data.names import printable
 from wrcli.errors import WrcError
 
 MAX_IMAGE_PIXELS: int | None = Image.MAX_IMAGE_PIXELS  # decompression-bomb limit of load_image (tests lower it)
@@ -241,6 +242,6 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             array, orig_hw = load_image(fs_path, self.policy)
         except ImageError as exc:
-            return {"index": index, "pixels": None, "orig_hw": exc.orig_hw, "error": exc.reason}
+            return {"index": index, "pixels": None, "orig_hw": exc.orig_hw, "error": printable(exc.reason)}
         pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
         return {"index": index, "pixels": pixels, "orig_hw": orig_hw, "error": None}

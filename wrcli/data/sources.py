@@ -18,6 +18,8 @@ List files and stdin are taken literally: only the line ending is stripped (spac
 lines starting with ``#`` are skipped, and entries are not filtered by extension (a bad entry fails at decode).
 Names are recorded as written; stdin paths open relative to the current folder.
 They are read as UTF-8; bytes that are not UTF-8 round-trip to the file system unchanged (``surrogateescape``).
+Recorded names (and the folder root) are :func:`wrcli.data.names.name_text` of the file names: valid UTF-8 text,
+with a backslash doubled and a byte that is not UTF-8 written ``\\xNN``; ``name_bytes`` gives back the bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TextIO
 
+from wrcli.data.names import name_bytes, name_text, printable
 from wrcli.errors import WrcError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -42,17 +45,18 @@ _HINT = "give a folder, an image, a list file (one path per line), a glob patter
 
 @dataclass(frozen=True)
 class Source:
-    """An ordered image list. ``items`` holds ``(name, fs_path)``: the name the store records, the path to open."""
+    """An ordered image list. ``items`` holds ``(name, fs_path)``: the name the store records (valid text, see
+    :mod:`wrcli.data.names`), the path to open."""
 
     kind: str  # "folder" | "glob" | "list" | "stdin" (a single image is a one-item "list")
     root: str | None
     items: tuple[tuple[str, str], ...]
 
     def sha256(self) -> str:
-        """Hash of the names in order (not of the paths opened): identifies the image list when resuming."""
+        """Hash of the names' bytes in order (not of the paths opened): identifies the image list when resuming."""
         digest = hashlib.sha256()
         for name, _ in self.items:
-            digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+            digest.update(name_bytes(name) + b"\0")
         return digest.hexdigest()
 
 
@@ -70,20 +74,20 @@ def discover(src: str, *, stdin: TextIO | None = None, limit: int | None = None)
         source = Source("stdin", None, _from_lines(_read_stdin(stdin), base=None))
         where = "on stdin (one path per line; empty lines and # comments are skipped)"
     elif os.path.isdir(src):
-        source = Source("folder", src, _walk(src))
-        where = f"in '{src}' (looked recursively for {_LOOKED_FOR}; hidden files and folders are skipped)"
+        source = Source("folder", name_text(src), _walk(src))
+        where = f"in '{printable(src)}' (looked recursively for {_LOOKED_FOR}; hidden files and folders are skipped)"
     elif os.path.isfile(src) and is_image_name(src):
-        return Source("list", None, ((src, src),))
+        return Source("list", None, ((name_text(src), src),))
     elif os.path.exists(src):
         source = Source("list", None, _from_lines(_read_list(src), base=os.path.dirname(src)))
-        where = f"in list file '{src}' (one path per line; empty lines and # comments are skipped)"
+        where = f"in list file '{printable(src)}' (one path per line; empty lines and # comments are skipped)"
     elif any(c in src for c in "*?["):
-        source = Source("glob", None, tuple((p, p) for p in _glob(src)))
-        where = f"matching '{src}' (looked for {_LOOKED_FOR})"
+        source = Source("glob", None, tuple((name_text(p), p) for p in _glob(src)))
+        where = f"matching '{printable(src)}' (looked for {_LOOKED_FOR})"
     elif os.path.lexists(src):
-        raise WrcError(f"'{src}' is a broken symlink; point it at an existing folder or file, or {_HINT}")
+        raise WrcError(f"'{printable(src)}' is a broken symlink; point it at an existing folder or file, or {_HINT}")
     else:
-        raise WrcError(f"'{src}' does not exist; {_HINT}")
+        raise WrcError(f"'{printable(src)}' does not exist; {_HINT}")
     if not source.items:
         raise WrcError(f"no images found {where}")
     return source if limit is None else Source(source.kind, source.root, source.items[:limit])
@@ -119,10 +123,10 @@ def _read_list(path: str) -> str:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise WrcError(f"cannot read '{path}': {exc.strerror}; check its permissions") from exc
+        raise WrcError(f"cannot read '{printable(path)}': {exc.strerror}; check its permissions") from exc
     if b"\0" in data:
         raise WrcError(
-            f"'{path}' is neither an image with a known extension ({_LOOKED_FOR}) nor a text list of paths; "
+            f"'{printable(path)}' is neither an image with a known extension ({_LOOKED_FOR}) nor a text list of paths; "
             "convert it, or rename it if it is one of these formats"
         )
     return _decode(data)
@@ -136,7 +140,8 @@ def _from_lines(text: str, base: str | None) -> tuple[tuple[str, str], ...]:
     """One path per line: strip the line ending only; skip empty lines and ``#`` comments."""
     names = (line.removesuffix("\r") for line in text.split("\n"))
     return tuple(
-        (name, name if base is None else os.path.join(base, name)) for name in names if name and not name.startswith("#")
+        (name_text(name), name if base is None else os.path.join(base, name))
+        for name in names if name and not name.startswith("#")
     )
 
 
@@ -147,7 +152,7 @@ def _walk(root: str) -> tuple[tuple[str, str], ...]:
         visited = {(top.st_dev, top.st_ino)}
         entries = _scan(root)
     except OSError as exc:
-        raise WrcError(f"cannot read folder '{root}': {exc.strerror}; check its permissions") from exc
+        raise WrcError(f"cannot read folder '{printable(root)}': {exc.strerror}; check its permissions") from exc
     names: list[str] = []
     stack = [("", entries)]
     while stack:
@@ -165,9 +170,9 @@ def _walk(root: str) -> tuple[tuple[str, str], ...]:
                 try:
                     stack.append((rel + "/", _scan(entry.path)))
                 except OSError as exc:
-                    warnings.warn(f"skipping unreadable folder '{entry.path}': {exc.strerror}", stacklevel=3)
+                    warnings.warn(f"skipping unreadable folder '{printable(entry.path)}': {exc.strerror}", stacklevel=3)
     names.sort()
-    return tuple((name, os.path.join(root, name)) for name in names)
+    return tuple((name_text(name), os.path.join(root, name)) for name in names)
 
 
 def _scan(path: str) -> list[os.DirEntry]:
