@@ -3,6 +3,7 @@ plain zarr/h5py/xarray/dask reading, disk cost."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import multiprocessing
@@ -40,7 +41,8 @@ def make_spec(n: int = 7, shard: int = 3, dtype: str = "float16", grid: tuple[in
 
 
 def make_data(spec: StoreSpec, seed: int = 0, valid: tuple[int, int] | None = None):
-    """Features zero outside a per-image valid region, failed images all zero; unicode names with spaces."""
+    """Features zero outside a per-image valid region, failed images all zero; unicode names with spaces; a file
+    stat per image."""
     rng = np.random.default_rng(seed)
     feats = np.zeros((spec.n_images, spec.channels, spec.height, spec.width), spec.dtype)
     records = []
@@ -48,10 +50,11 @@ def make_data(spec: StoreSpec, seed: int = 0, valid: tuple[int, int] | None = No
         h, w = valid or (spec.height - i % 3, spec.width - i % 4)
         name = f"photos/été {i}/ìmage n°{i}.jpg"
         if i in FAILED:
-            records.append(ImageRecord(name, (0, 0), (0, 0), (0, 0), f"cannot decode image {i}: truncated file"))
+            records.append(ImageRecord(name, (0, 0), (0, 0), (0, 0), f"cannot decode image {i}: truncated file",
+                                       (i, 2**62 + i)))
             continue
         feats[i, :, :h, :w] = rng.standard_normal((spec.channels, h, w))
-        records.append(ImageRecord(name, (h * 14 + 3, w * 14 + 1), (h * 14, w * 14), (h, w)))
+        records.append(ImageRecord(name, (h * 14 + 3, w * 14 + 1), (h * 14, w * 14), (h, w), file_stat=(1000 + i, i)))
     return feats, records
 
 
@@ -125,7 +128,9 @@ def test_backend_protocol(tmp_path, fmt):
     metadata = stored_metadata(spec)
     backend.ensure(path, spec, metadata)
     backend.ensure(path, spec, metadata)  # idempotent
-    assert backend.detect(path) and backend.read_metadata(path) == metadata
+    stored = backend.read_metadata(path)
+    assert backend.detect(path) and stored["store"].items() >= metadata["store"].items()  # a format may add keys
+    assert {**stored, "store": metadata["store"]} == metadata
     with backend.open_writer(path, spec) as writer:
         writer.write_shard(*shard_args(spec, feats, records, 1))
     state = backend.state(path)
@@ -777,41 +782,57 @@ def test_verify_decodes_every_shard(tmp_path, suffix, name):
         assert problems[0]["error"].startswith("does not decode: ") and "\n" not in problems[0]["error"]
 
 
-def _as_layout_1(path: Path) -> None:
-    """Turn a finished store into what wrcli wrote before the done markers recorded sizes (store layout 1)."""
+def _as_layout(path: Path, version: int) -> None:
+    """Turn a finished store into what wrcli wrote before ``file_stat`` (store layout 2), or also before the done
+    markers recorded sizes (layout 1)."""
     if path.suffix == ".zarr":
         group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-        n_shards = group["shard_done"].shape[0]
-        del group["shard_done"]
-        group.create_array("shard_done", shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0)[:] = 1
+        markers, objects = group["shard_done"][:], list(group["shard_done"].attrs["objects"])
+        keep = [j for j, name in enumerate(objects) if name != "file_stat"]
+        del group["shard_done"], group["file_stat"]
+        if version == 1:
+            group.create_array("shard_done", shape=(len(markers),), chunks=(1,), dtype="uint8", fill_value=0)[:] = 1
+        else:
+            group.create_array("shard_done", shape=(len(markers), len(keep)), chunks=(1, len(keep)), dtype="int64",
+                               fill_value=0, attributes={"objects": [objects[j] for j in keep]})[:] = markers[:, keep]
         wrc = dict(group.attrs["wrc"])
-        group.update_attributes({"wrc": {**wrc, "store": {**wrc["store"], "layout_version": 1}}})
+        group.update_attributes({"wrc": {**wrc, "store": {**wrc["store"], "layout_version": version}}})
         zarr.consolidate_metadata(str(path))
         return
     parts = Path(f"{path}.parts")
-    for marker in parts.glob("*.done"):
-        marker.unlink()
+    for part in parts.glob("*.h5"):
+        with h5py.File(part, "r+") as f:
+            del f["file_stat"]
+        marker = part.with_suffix(".done")
+        if version == 1:
+            marker.unlink()
+        else:
+            marker.write_text(json.dumps({"bytes": part.stat().st_size}))
     meta = json.loads((parts / "wrc.json").read_text())
-    meta["store"]["layout_version"] = 1
+    meta["store"]["layout_version"] = version
     (parts / "wrc.json").write_text(json.dumps(meta))
     with h5py.File(path, "r+") as f:
+        del f["file_stat"]
         index = json.loads(f.attrs["wrc"])
-        index["store"]["layout_version"] = 1
+        index["store"]["layout_version"] = version
         f.attrs["wrc"] = json.dumps(index)
 
 
 @pytest.mark.filterwarnings("ignore:Consolidated metadata")
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
-def test_a_store_of_the_earlier_layout_still_reads(tmp_path, suffix):
-    """Finished stores written before the size records stay readable (their markers are taken as they say); only
-    writing into one is refused (another layout: --overwrite)."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_store_of_the_earlier_layout_still_reads(tmp_path, suffix, version):
+    """Finished stores written before ``file_stat`` (layout 2; read as (-1, -1)) or also before the size records
+    (layout 1: their markers are taken as they say) stay readable and verify; only writing into one is refused
+    (another layout: --overwrite)."""
     spec = make_spec()
     feats, records = make_data(spec)
     path = tmp_path / f"old{suffix}"
     write(path, spec, feats, records)
-    _as_layout_1(path)
-    assert_matches(path, spec, feats, records)
-    info = summary(path)
+    _as_layout(path, version)
+    assert_matches(path, spec, feats, [dataclasses.replace(r, file_stat=(-1, -1)) for r in records])
+    info = summary(path, verify=True)
     assert info["complete"] and info["inconsistent"] == [] and info["ok"] == spec.n_images - len(FAILED)
-    with pytest.raises(WrcError, match="store layout 1"):
+    assert info["verify"] == []
+    with pytest.raises(WrcError, match=f"older wrcli \\(store layout {version}; this one writes 3\\); use --overwrite"):
         create_store(path, spec)

@@ -529,6 +529,19 @@ def info_cmd(
         raise typer.Exit(EXIT_FAILURE)
 
 
+@app.command("export")
+def export_cmd(
+    store: str = typer.Argument(..., help="A finished store written by wrc extract (*.zarr, *.h5)."),
+    dest: str = typer.Argument(..., help="The single HDF5 file to write (*.h5, *.hdf5)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DEST if it exists."),
+) -> None:
+    """Copy a finished store into one self-contained HDF5 file (an HDF5 store needs its OUT.parts/ folder)."""
+    from wrcli.stores import export_store
+
+    written = export_store(store, dest, overwrite=overwrite)
+    typer.echo(f"wrc: wrote {written} ({written.stat().st_size / 2**20:.1f} MiB)", err=True)
+
+
 def _info_lines(info: dict) -> list[tuple[str, str]]:
     """The summary as short human-readable lines (``--json`` has everything)."""
     backbone, upsampler, resize = info.get("backbone") or {}, info.get("upsampler") or {}, info.get("resize") or {}

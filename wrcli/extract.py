@@ -5,17 +5,21 @@ thread, and writing in a background thread, so the three overlap; memory is boun
 one batch's activations (freed heap memory goes back to the OS after every batch).
 The unit of work is a shard of images written whole. Rank r of W takes shards r, r+W, ... (static), so a
 torchrun/SLURM job writes exactly the store a single process would, and a rerun after a crash only
-redoes the shards that were not marked done.
+redoes the shards that were not marked done, whose files changed since, or that hold an image whose file's
+(size, mtime_ns) differs from the one recorded when it was read (one ``stat`` per image of a done shard).
+A rerun of a finished store that needs none of that writes nothing, and also runs where OUT's folder is read-only.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +32,7 @@ from torch.utils.data import DataLoader
 from wrcli import __version__
 from wrcli.backbones import Backbone
 from wrcli.data import ImageDataset, ResizePolicy, discover
+from wrcli.data.images import file_stat
 from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER, STORE_DTYPES
 from wrcli.errors import WrcError
 from wrcli.models import Upsampler
@@ -37,14 +42,16 @@ from wrcli.runtime import (
 )
 from wrcli.session import describe_upsampler, open_session
 from wrcli.stores import (
-    ImageRecord, StoreSpec, check_job, create_store, current_job, finalize_store, lock_store, open_writer, store_format,
+    ImageRecord, StoreSpec, check_job, create_store, current_job, finalize_store, lock_store, open_writer, resume_state,
+    store_format, summary,
 )
-from wrcli.stores.base import shard_list
+from wrcli.stores.base import StoreState, shard_list
 
 log = logging.getLogger(__name__)
 
 SHARD_BYTES = 64 << 20  # padded bytes of features per shard (bounds memory and the redo after a crash)
 MAX_SHARD_IMAGES = 256
+UNWRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})  # why the lease beside OUT cannot be made
 
 
 @dataclass(frozen=True)
@@ -213,20 +220,79 @@ def extract(
     fmt = store_format(out, opts.format)
     if not rank.is_main:
         model, source, spec = _prepare(src, opts, fmt, stdin, command_line)
+        if not _resumed(out, fmt, source, spec)[2]:  # finished: rank 0 writes nothing, and may take no lease
+            return {"rank": rank.rank, "ok": 0, "failed": 0, "processed": 0, "seconds": 0.0, "images_per_s": 0.0}
         job = current_job()
         wait_until(lambda: check_job(Path(out), job) and _opens(out, spec), timeout=opts.wait_timeout,
                    what=f"rank 0 to create {out}")
         return {"rank": rank.rank, **_write_mine(model, source, spec, out, rank, on_record, progress)}
-    with lock_store(out):  # before anything loads: a second writer is refused at once
+    lease = lock_store(out)
+    try:
+        lease.acquire()  # before anything loads: a second writer is refused at once
+    except WrcError as exc:
+        if not (isinstance(exc.__cause__, OSError) and exc.__cause__.errno in UNWRITABLE):
+            raise
+        _, source, spec = _prepare(src, opts, fmt, stdin, command_line)
+        return _complete_read_only(out, fmt, source, spec, exc.__cause__)
+    try:
         model, source, spec = _prepare(src, opts, fmt, stdin, command_line)
+        state, changed, why = _resumed(out, fmt, source, spec)
+        if not why:
+            return _already_complete(out)
         create_store(out, spec, overwrite=opts.overwrite, format=fmt)
-        stats = _write_mine(model, source, spec, out, rank, on_record, progress)
+        stats = _write_mine(model, source, spec, out, rank, on_record, progress, state, changed)
         if rank.world > 1:
             wait_until(lambda: _all_done(out, spec), timeout=opts.wait_timeout,
                        what="the other ranks to finish their shards")
-        summary = finalize_store(out)
-    summary.update(rank=0, seconds=stats["seconds"], images_per_s=stats["images_per_s"], processed=stats["processed"])
-    return summary
+        result = finalize_store(out)
+    finally:
+        lease.release()
+    result.update(rank=0, seconds=stats["seconds"], images_per_s=stats["images_per_s"], processed=stats["processed"])
+    return result
+
+
+def _already_complete(out: str) -> dict:
+    """The summary of a store this run has nothing to write into (the CLI says it is already complete)."""
+    return {**summary(out), "rank": 0, "seconds": 0.0, "images_per_s": 0.0, "processed": 0}
+
+
+def _complete_read_only(out: str, fmt: str, source, spec: StoreSpec, error: OSError) -> dict:
+    """:func:`_already_complete` where OUT's folder cannot be written (no lease can be made there); WrcError when
+    the store needs writing."""
+    if not (why := _resumed(out, fmt, source, spec)[2]):
+        return _already_complete(out)
+    folder = Path(out).absolute().parent
+    raise WrcError(f"{out} needs writing, as {why}, but its folder {folder} is not writable "
+                   f"({error.strerror or error}); make it writable or choose another OUT") from error
+
+
+def _resumed(out: str, fmt: str, source, spec: StoreSpec) -> tuple[StoreState | None, list[int] | None, str]:
+    """The store this run resumes (None: none yet, or another), the images of its done shards that changed since
+    they were extracted (None unless it is finalized: only then can it be complete; the ranks check their own
+    shards of an unfinished one), and why it needs writing ("" when it needs none)."""
+    state, why = resume_state(out, spec, format=fmt)
+    if state is None:
+        return None, None, why
+    changed = _changed_images(state, spec, source, range(spec.n_shards)) if state.finalized else None
+    return state, changed, _why_write(state, spec, source, changed or [])
+
+
+def _changed_images(state: StoreState, spec: StoreSpec, source, shards: Iterable[int]) -> list[int]:
+    """The images of the done ones of ``shards`` whose file's (size, mtime_ns) is not the recorded one, i.e.
+    changed, replaced, gone or back since it was read (one ``stat`` each)."""
+    recorded = state.columns["file_stat"].tolist()
+    return [i for k in sorted(state.done.intersection(shards)) for i in spec.shard_range(k)
+            if file_stat(source.items[i][1]) != tuple(recorded[i])]
+
+
+def _why_write(state: StoreState, spec: StoreSpec, source, changed: list[int]) -> str:
+    """Why the store that this run resumes needs writing, given its ``changed`` images ("" when it needs none:
+    finalized, every shard done and as written, no image changed)."""
+    if not state.finalized:
+        return f"it is not finalized ({len(state.done)} of {spec.n_shards} shards written)"
+    if inconsistent := state.inconsistent():
+        return f"{shard_list(inconsistent)} {'is' if len(inconsistent) == 1 else 'are'} missing or changed"
+    return _changed_line(changed, source) if changed else ""
 
 
 def _prepare(src: str, opts: ExtractOptions, fmt: str, stdin: TextIO | None,
@@ -253,14 +319,32 @@ def _prepare(src: str, opts: ExtractOptions, fmt: str, stdin: TextIO | None,
 
 
 def _write_mine(model: Extractor, source, spec: StoreSpec, out: str, rank: Rank,
-                on_record: Callable[[dict], None] | None, progress: bool) -> dict:
-    """Write this rank's shards that are not done yet (or whose files are missing or changed); their counts and speed."""
+                on_record: Callable[[dict], None] | None, progress: bool, state: StoreState | None = None,
+                changed: list[int] | None = None) -> dict:
+    """Write this rank's shards that are not done yet, whose files are missing or changed, or that hold an image
+    changed since it was extracted; their counts and speed. ``state`` and ``changed`` (of all shards): as the
+    caller found them (else read here)."""
     with open_writer(out, spec) as writer:
-        done, broken = writer.check_shards()
-        mine = [k for k in range(spec.n_shards) if k % rank.world == rank.rank and k not in done]
-        if redo := sorted(set(mine) & broken):
+        state = state or resume_state(out, spec)[0]
+        mine = {k for k in range(spec.n_shards) if k % rank.world == rank.rank}
+        if changed is None:
+            changed = _changed_images(state, spec, source, mine)
+        changed = [i for i in changed if i // spec.shard_size in mine]
+        if redo := sorted(mine & state.broken):
             log.warning("%s: %s marked done but missing or changed since written; redoing them", out, shard_list(redo))
-        return _run_shards(model, source, spec, mine, writer, rank, on_record, progress)
+        if changed:
+            log.warning("%s: %s; redoing %s", out, _changed_line(changed, source),
+                        shard_list(sorted({i // spec.shard_size for i in changed})))
+        todo = sorted(mine - state.done | {i // spec.shard_size for i in changed})
+        return _run_shards(model, source, spec, todo, writer, rank, on_record, progress)
+
+
+def _changed_line(changed: list[int], source) -> str:
+    """``3 images changed since they were extracted (size or modification time), e.g. 'a.jpg'``."""
+    name = source.items[changed[0]][0]
+    if len(changed) == 1:
+        return f"1 image changed since it was extracted (size or modification time): {name!r}"
+    return f"{len(changed)} images changed since they were extracted (size or modification time), e.g. {name!r}"
 
 
 def _opens(out: str, spec: StoreSpec) -> bool:
@@ -339,7 +423,8 @@ class _Shard:
         j = item["index"] - self.first
         if item["error"]:
             orig = tuple(item["orig_hw"]) if item["orig_hw"] else (0, 0)
-            self.records[j] = ImageRecord(self.names[j], orig, (0, 0), (0, 0), item["error"])
+            self.records[j] = ImageRecord(self.names[j], orig, (0, 0), (0, 0), item["error"],
+                                          tuple(item["file_stat"]))
             self.bar.advance()
             return
         if (batch := self.buckets.push(tuple(item["pixels"].shape[-2:]), item)) is not None:
@@ -352,7 +437,8 @@ class _Shard:
             j = it["index"] - self.first
             self.features[j] = f
             input_hw = tuple(it["pixels"].shape[-2:])
-            self.records[j] = ImageRecord(self.names[j], tuple(it["orig_hw"]), input_hw, (fh, fw))
+            self.records[j] = ImageRecord(self.names[j], tuple(it["orig_hw"]), input_hw, (fh, fw),
+                                          file_stat=tuple(it["file_stat"]))
         self.bar.advance(len(batch))
         trim_memory()  # batches of other sizes reuse the freed activations only in part: without this the RSS creeps up
 

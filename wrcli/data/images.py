@@ -224,10 +224,21 @@ def _failure_reason(fmt: str, exc: Exception) -> str:
     return f"corrupt {fmt} data ({msg[:100]})"
 
 
+def file_stat(fs_path: str) -> tuple[int, int]:
+    """``(size in bytes, st_mtime_ns)`` of the file at ``fs_path`` (symlinks followed); (-1, -1) if it cannot be
+    stat'ed. What a store records of each image, and a rerun compares (one ``stat``, no read)."""
+    try:
+        st = os.stat(fs_path)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Decodes ``items`` of ``(global index, fs_path)`` in DataLoader workers; never raises for a bad image.
 
-    Each item is ``{"index", "pixels": uint8 (3, H, W) or None, "orig_hw": (h, w) or None, "error": str or None}``.
+    Each item is ``{"index", "pixels": uint8 (3, H, W) or None, "orig_hw": (h, w) or None, "error": str or None,
+    "file_stat": (size, mtime_ns)}``, the file stat'ed before it is read (so that a change while it is read shows).
     """
 
     def __init__(self, items: Sequence[tuple[int, str]], policy: ResizePolicy):
@@ -239,9 +250,11 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         index, fs_path = self.items[i]
+        stat = file_stat(fs_path)
         try:
             array, orig_hw = load_image(fs_path, self.policy)
         except ImageError as exc:
-            return {"index": index, "pixels": None, "orig_hw": exc.orig_hw, "error": printable(exc.reason)}
+            return {"index": index, "pixels": None, "orig_hw": exc.orig_hw, "error": printable(exc.reason),
+                    "file_stat": stat}
         pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-        return {"index": index, "pixels": pixels, "orig_hw": orig_hw, "error": None}
+        return {"index": index, "pixels": pixels, "orig_hw": orig_hw, "error": None, "file_stat": stat}

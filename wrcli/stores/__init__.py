@@ -11,7 +11,8 @@ Protocol for one extraction (any number of processes; shards are assigned static
         # ... barrier ...
         finalize_store(out)                 # rank 0 only, once all shards are done
 
-Readers: ``with open_store(out) as s: for name, feats in s: ...``; ``summary(out)`` for ``wrc info``.
+Readers: ``with open_store(out) as s: for name, feats in s: ...``; ``summary(out)`` for ``wrc info``;
+``export_store(out, "single.h5")`` for ``wrc export``.
 The on-disk layouts are documented in :mod:`wrcli.stores.zarr_store` and :mod:`wrcli.stores.hdf5_store`; each
 implements :class:`wrcli.stores.backend.StoreBackend`, and :data:`BACKENDS` (format name → backend) is the only
 place that lists them.
@@ -26,7 +27,7 @@ from wrcli.errors import WrcError, first_line
 from wrcli.files import remove_stale_tmps
 from wrcli.stores.backend import StoreBackend
 from wrcli.stores.base import (
-    ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter, stored_metadata, summarize,
+    ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter, disk_bytes, stored_metadata, summarize,
 )
 from wrcli.stores.hdf5_store import Hdf5Backend
 from wrcli.stores.lock import StoreLock, check_job, current_job
@@ -34,8 +35,8 @@ from wrcli.stores.mismatch import difference
 from wrcli.stores.zarr_store import ZarrBackend
 
 __all__ = ["BACKENDS", "ImageRecord", "StoreBackend", "StoreLock", "StoreReader", "StoreSpec", "StoreWriter",
-           "check_job", "create_store", "current_job", "finalize_store", "lock_store", "open_store", "open_writer",
-           "store_format", "summary"]
+           "check_job", "create_store", "current_job", "export_store", "finalize_store", "lock_store", "open_store",
+           "open_writer", "resume_state", "store_format", "summary"]
 
 BACKENDS: dict[str, StoreBackend] = {b.format: b for b in (ZarrBackend(), Hdf5Backend())}
 _SUFFIXES = {suffix: b.format for b in BACKENDS.values() for suffix in b.suffixes}
@@ -95,6 +96,21 @@ def open_writer(path: str | os.PathLike, spec: StoreSpec) -> StoreWriter:
     return backend.open_writer(path, spec)
 
 
+def resume_state(path: str | os.PathLike, spec: StoreSpec, *,
+                 format: str | None = None) -> tuple[StoreState | None, str]:
+    """What the store at ``path`` holds if ``spec`` resumes it (same settings, images and layout; reads only),
+    else None and why not: ``there is no store yet`` or ``it`` + :func:`difference`'s reason. WrcError
+    (:func:`~wrcli.stores.base.foreign_error`) if something else is there."""
+    path = Path(path)
+    backend = _backend_of(path, format)
+    found = backend.existing(path)
+    if not found:
+        return None, "there is no store yet"
+    metadata = stored_metadata(spec)
+    reason = next((r for r in (difference(f, metadata) for f in found) if r), None)
+    return (None, f"it {reason}") if reason else (backend.state(path), "")
+
+
 def finalize_store(path: str | os.PathLike) -> dict:
     """Seal a store whose shards are all done (rank 0); idempotent. Returns :func:`summary`."""
     path = Path(path)
@@ -118,6 +134,20 @@ def summary(path: str | os.PathLike, verify: bool = False) -> dict:
     if verify:
         info["verify"] = _verify(backend, path, state)
     return info
+
+
+def export_store(path: str | os.PathLike, dest: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Copy the finished store at ``path`` (either format) into one self-contained HDF5 file ``dest``
+    (:mod:`wrcli.stores.export`); WrcError if the store is unfinished or inconsistent, or the space is short."""
+    from wrcli.stores.export import export_single
+
+    path = Path(path)
+    backend = _existing_backend(path)
+    try:
+        with backend.open_reader(path) as reader:
+            return export_single(reader, disk_bytes(*backend.paths(path)), dest, overwrite=overwrite)
+    except OSError as e:
+        raise WrcError(f"cannot export {path} to {dest}: {e.strerror or e}") from e
 
 
 def _verify(backend: StoreBackend, path: Path, state: StoreState) -> list[dict]:

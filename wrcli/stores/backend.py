@@ -51,8 +51,9 @@ class StoreBackend(ABC):
 
     @abstractmethod
     def ensure(self, path: Path, spec: StoreSpec, metadata: dict) -> None:
-        """Create an empty store for ``spec`` with ``metadata`` as its ``wrc`` attribute, unless one exists;
-        atomically, so that a killed creation leaves nothing that :meth:`existing` refuses."""
+        """Create an empty store for ``spec`` with ``metadata`` as its ``wrc`` attribute (the format may add keys of
+        its own to the ``store`` section), unless one exists; atomically, so that a killed creation leaves nothing
+        that :meth:`existing` refuses."""
 
     @abstractmethod
     def open_writer(self, path: Path, spec: StoreSpec) -> StoreWriter:

@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,12 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...], tuple[str, ...]]] = {
     "feat_hw": ("int32", (2,), ("image", "hw")),
     "status": ("int8", (), ("image",)),
     "error": ("str", (), ("image",)),
+    "file_stat": ("int64", (2,), ("image", "stat")),
 }
-LAYOUT_VERSION = 2  # 2: the done markers record the sizes of the shard's files
+# What a column holds where nothing is recorded: pending rows, and stores of a layout before the column.
+UNRECORDED: dict[str, object] = {"file_stat": -1}
+# 2: the done markers record the sizes of the shard's files; 3: ``file_stat``
+LAYOUT_VERSION = 3
 LAYOUT_KEYS = ("n_images", "channels", "height", "width", "dtype", "shard_size")
 
 
@@ -68,13 +72,15 @@ class StoreSpec:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image's row: recorded name, sizes, valid feature region (top-left of the padded grid), failure reason."""
+    """One image's row: recorded name, sizes, valid feature region (top-left of the padded grid), failure reason,
+    and the file as it was read: (size in bytes, ``st_mtime_ns``), (-1, -1) when it could not be stat'ed."""
 
     name: str
     orig_hw: tuple[int, int]
     input_hw: tuple[int, int]
     feat_hw: tuple[int, int]
     error: str = ""
+    file_stat: tuple[int, int] = (-1, -1)
 
     @property
     def ok(self) -> bool:
@@ -225,11 +231,7 @@ def gather_columns(spec: StoreSpec, done: set[int],
                    read: Callable[[int], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], set[int]]:
     """Per-image columns over all images, filled from ``read(k)`` (shard ``k``'s rows) for the done shards, pending
     rows elsewhere; and the done shards whose rows cannot be read (damaged bytes)."""
-    n = spec.n_images
-    columns = {
-        name: np.full((n, *tail), "", dtype=object) if dtype == "str" else np.zeros((n, *tail), dtype=dtype)
-        for name, (dtype, tail, _) in COLUMNS.items()
-    }
+    columns = unrecorded_columns(spec.n_images)
     unreadable = set()
     for k in sorted(done):
         rng = spec.shard_range(k)
@@ -243,6 +245,22 @@ def gather_columns(spec: StoreSpec, done: set[int],
     return columns, unreadable
 
 
+def unrecorded_columns(n: int, names: Iterable[str] = COLUMNS) -> dict[str, np.ndarray]:
+    """The columns ``names`` of ``n`` images with nothing recorded: "" text, :data:`UNRECORDED` or 0 numbers."""
+    columns = {}
+    for name in names:
+        dtype, tail, _ = COLUMNS[name]
+        text = dtype == "str"
+        columns[name] = np.full((n, *tail), "" if text else UNRECORDED.get(name, 0), dtype=object if text else dtype)
+    return columns
+
+
+def with_all_columns(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``columns`` read from a store, plus those its layout lacks (``file_stat`` before layout 3) as unrecorded."""
+    n = len(columns["status"])
+    return {**columns, **unrecorded_columns(n, [name for name in COLUMNS if name not in columns])}
+
+
 def columns_from_records(records: Sequence[ImageRecord]) -> dict[str, np.ndarray]:
     return {
         "path": np.array([r.name for r in records], dtype=object),
@@ -251,18 +269,21 @@ def columns_from_records(records: Sequence[ImageRecord]) -> dict[str, np.ndarray
         "feat_hw": np.array([r.feat_hw for r in records], dtype=np.int32).reshape(-1, 2),
         "status": np.array([FAILED if r.error else OK for r in records], dtype=np.int8),
         "error": np.array([r.error for r in records], dtype=object),
+        "file_stat": np.array([r.file_stat for r in records], dtype=np.int64).reshape(-1, 2),
     }
 
 
 def records_from_columns(columns: dict[str, np.ndarray]) -> list[ImageRecord]:
-    orig, input_, feat = (columns[k].tolist() for k in ("orig_hw", "input_hw", "feat_hw"))
-    return [ImageRecord(str(name), tuple(o), tuple(i), tuple(f), str(e))
-            for name, o, i, f, e in zip(columns["path"], orig, input_, feat, columns["error"])]
+    columns = with_all_columns(columns)
+    orig, input_, feat, stat = (columns[k].tolist() for k in ("orig_hw", "input_hw", "feat_hw", "file_stat"))
+    return [ImageRecord(str(name), tuple(o), tuple(i), tuple(f), str(e), tuple(s))
+            for name, o, i, f, e, s in zip(columns["path"], orig, input_, feat, columns["error"], stat)]
 
 
 def summarize(path: Path, format: str, state: StoreState, paths: Sequence[Path], n_failures: int = 5) -> dict:
     """The ``wrc info`` dictionary of the store at ``path``, whose bytes are under ``paths``. Only the images of
-    done shards count as ok or failed; the others are pending."""
+    done shards count as ok or failed; the others are pending. The recorded ``file_stat`` is not compared with the
+    image files here (``wrc info`` has no SRC): a rerun of ``wrc extract`` does that."""
     metadata, columns = state.metadata, state.columns
     spec = spec_from_metadata(metadata)
     counted = np.zeros(spec.n_images, dtype=bool)

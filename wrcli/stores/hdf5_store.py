@@ -2,31 +2,43 @@
 
 **OUT.parts/ must travel with OUT.** ``OUT`` holds ``features`` as a virtual dataset whose sources are the part
 files, referenced by the relative path ``<OUT name>.parts/shard-XXXXXXXX.h5``: move or copy the pair together, into
-one directory, and keep both names. A part that cannot be found reads as NaN (the virtual dataset's fill value).
+one directory, and keep both names. HDF5 looks for the parts next to ``OUT`` first, then in the working folder. A
+part that cannot be found, or that belongs to a store made with other settings or images, reads as NaN (the virtual
+dataset's fill value: the sources are named by a hash of the store's identity); wrcli's own reader refuses such a
+store with one line. ``wrc export OUT single.h5`` makes one self-contained file (:mod:`wrcli.stores.export`).
 
 Layout (plain h5py reads it)::
 
-    OUT.parts/wrc.json              the ``wrc`` metadata, written when the store is created
-    OUT.parts/shard-00000123.h5     shard 123: ``features`` (n, C, H, W), one lzf chunk per image, fill 0, plus the
-                                    per-image datasets; written under a temporary name and renamed into place
-                                    (a killed writer cannot corrupt it)
+    OUT.parts/wrc.json              the ``wrc`` metadata, written when the store is created; ``store.dataset`` is
+                                    ``features-<hash>``, the second name of each part's features
+    OUT.parts/shard-00000123.h5     shard 123: ``features`` (n, C, H, W), one lzf chunk per image, fill 0, also
+                                    linked as ``store.dataset``, plus the per-image datasets; written under a
+                                    temporary name and renamed into place (a killed writer cannot corrupt it)
     OUT.parts/shard-00000123.done   the shard's done marker, written after its part: ``{"bytes": <part size>}``;
                                     the shard counts as done only while its part has that size
-    OUT                             written by finalize: ``features`` (N, C, H, W) virtual over the parts;
-                                    ``path``, ``error`` (UTF-8 strings: read them with ``.asstr()[:]``);
-                                    ``orig_hw``, ``input_hw``, ``feat_hw`` (N, 2) int32 (``feat_hw``: valid top-left
-                                    region of the padded grid); ``status`` (N,) int8 0 pending / 1 ok / 2 failed;
-                                    attribute ``wrc`` (JSON string); dimension labels on every dataset
+    OUT                             written by finalize: ``features`` (N, C, H, W) virtual over the parts'
+                                    ``store.dataset``; ``path``, ``error`` (UTF-8 strings: read them with
+                                    ``.asstr()[:]``); ``orig_hw``, ``input_hw``, ``feat_hw`` (N, 2) int32
+                                    (``feat_hw``: valid top-left region of the padded grid); ``file_stat`` (N, 2)
+                                    int64 (size, st_mtime_ns) of the image file as read, (-1, -1) if not stat'ed;
+                                    ``status`` (N,) int8 0 pending / 1 ok / 2 failed; attribute ``wrc`` (JSON
+                                    string); dimension labels on every dataset
 
-wrcli writes every HDF5 file under a private temporary name, so it turns HDF5 file locking off (locking fails on
-some cluster file systems).
+Layout 3 added ``file_stat`` (a rerun compares it with the files and redoes the shards of changed images; ``wrc
+info`` does not, having no SRC); stores of layouts 1 and 2 read it as (-1, -1).
+
+Every file is built in memory and then written under a private temporary name and renamed: a full disk is then an
+ordinary OSError (HDF5's own failed writes end the process), and HDF5 file locking can stay off (it fails on some
+cluster file systems).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -39,7 +51,7 @@ from wrcli.stores.backend import StoreBackend
 from wrcli.stores.base import (
     COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter,
     check_shard, columns_from_records, foreign_error, gather_columns, incomplete_error, inconsistent_error,
-    is_empty_dir, is_wrc_metadata, shard_list, spec_from_metadata, unfinished_error,
+    is_empty_dir, is_wrc_metadata, shard_list, spec_from_metadata, unfinished_error, with_all_columns,
 )
 
 _MARKER = re.compile(r"shard-(\d{8})\.done")
@@ -81,20 +93,20 @@ class Hdf5Backend(StoreBackend):
                 found.append(metadata)
         return found
 
-    def read_metadata(self, path: Path) -> dict:
-        metadata = _read_json(parts_dir(path) / "wrc.json")
-        if metadata is None:
-            raise WrcError(f"{path} is not a wrcli feature store (no {parts_dir(path).name}/wrc.json); check the path")
-        return metadata
-
     def ensure(self, path: Path, spec: StoreSpec, metadata: dict) -> None:
         """Create ``OUT.parts/`` holding ``wrc.json`` unless it exists (``OUT`` is written by finalize)."""
         if is_empty_dir(path):
             path.rmdir()
+        if _single_metadata(path) is not None:
+            raise WrcError(f"{path} is a single file made by wrc export, which extract does not write into; "
+                           "choose another OUT")
         parts = parts_dir(path)
         if (parts / "wrc.json").is_file():
             return
         remove_stale_tmps(parts)
+        identity = json.dumps([metadata["fingerprint"], metadata["images_sha256"], metadata["store"]], sort_keys=True)
+        dataset = f"features-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+        metadata = {**metadata, "store": {**metadata["store"], "dataset": dataset}}
         with atomic_write(parts) as tmp:
             tmp.mkdir()
             (tmp / "wrc.json").write_text(json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -119,8 +131,15 @@ class Hdf5Backend(StoreBackend):
         status = columns["status"]
         metadata["store"] = {**metadata["store"], "ok": int((status == OK).sum()),
                              "failed": int((status == FAILED).sum())}
+        data = _file_bytes(partial(_write_index, spec=spec, metadata=metadata, columns=columns, parts_name=parts.name))
         with atomic_write(path, durable=True) as tmp:
-            _write_index(tmp, spec, metadata, columns, parts.name)
+            tmp.write_bytes(data)
+
+    def read_metadata(self, path: Path) -> dict:
+        metadata = _read_json(parts_dir(path) / "wrc.json") or _single_metadata(path)
+        if metadata is None:
+            raise WrcError(f"{path} is not a wrcli feature store (no {parts_dir(path).name}/wrc.json); check the path")
+        return metadata
 
     def state(self, path: Path) -> StoreState:
         """Works before finalize too (the columns are then gathered from the done parts)."""
@@ -136,6 +155,11 @@ class Hdf5Backend(StoreBackend):
             return StoreState(metadata, _read_columns(f), done, finalized=True, broken=broken)
 
     def decode_shard(self, path: Path, k: int) -> None:
+        if _single_metadata(path) is not None:
+            with h5py.File(path, "r", locking=False) as f:
+                rng = spec_from_metadata(json.loads(f.attrs["wrc"])).shard_range(k)
+                f["features"][rng.start:rng.stop]
+            return
         with h5py.File(parts_dir(path) / part_name(k), "r", locking=False) as f:
             f["features"][:]
             _read_columns(f)
@@ -162,6 +186,7 @@ class Hdf5Writer(StoreWriter):
     def __init__(self, path: Path, spec: StoreSpec) -> None:
         super().__init__(path, spec)
         self._parts = parts_dir(path)
+        self._dataset = source_dataset(Hdf5Backend().read_metadata(path))
 
     def check_shards(self) -> tuple[set[int], set[int]]:
         return _check(self._parts, self.spec)
@@ -171,15 +196,19 @@ class Hdf5Writer(StoreWriter):
         final, marker = self._parts / part_name(k), self._parts / marker_name(k)
         marker.unlink(missing_ok=True)  # a rewrite is not done until complete
         remove_stale_tmps(final)  # left by a writer of this shard that was killed
+        data = _file_bytes(partial(_write_part, features=features, records=records, dataset=self._dataset))
         with atomic_write(final, durable=True) as tmp:
-            _write_part(tmp, features, records)
+            tmp.write_bytes(data)
         with atomic_write(marker, durable=True) as tmp:
             tmp.write_text(json.dumps({"bytes": final.stat().st_size}), encoding="utf-8")
 
 
 def _check(parts: Path, spec: StoreSpec, metadata: dict | None = None) -> tuple[set[int], set[int]]:
     """The shards marked done whose part has the recorded size, and those marked done whose part does not. In a
-    store of layout 1 (wrcli before the ``.done`` markers; ``metadata`` says which) a part's existence marked it."""
+    store of layout 1 (wrcli before the ``.done`` markers; ``metadata`` says which) a part's existence marked it;
+    a single file (``wrc export``) holds every shard itself."""
+    if metadata is not None and metadata["store"].get("single_file"):
+        return set(range(spec.n_shards)), set()
     if metadata is not None and metadata["store"].get("layout_version", 1) < 2:
         found = (re.fullmatch(r"shard-(\d{8})\.h5", p.name) for p in parts.glob("shard-*.h5"))
         return {k for m in found if m and (k := int(m[1])) < spec.n_shards}, set()
@@ -196,15 +225,33 @@ def _check(parts: Path, spec: StoreSpec, metadata: dict | None = None) -> tuple[
     return done, broken
 
 
-def _write_part(path: Path, features: np.ndarray, records: Sequence[ImageRecord]) -> None:
+def source_dataset(metadata: dict) -> str:
+    """The name under which the parts of this store hold their features for ``OUT``'s virtual dataset:
+    ``features-<16 hex digits of a hash of the settings, image list and layout>``, so that ``OUT`` next to the parts
+    of a store made otherwise reads NaN rather than that store's features (``features`` in stores of wrcli
+    before it)."""
+    return metadata["store"].get("dataset", "features")
+
+
+def _file_bytes(write: Callable[[h5py.File], None]) -> memoryview:
+    """The bytes of the HDF5 file that ``write`` fills, built in memory: a full disk then fails in a plain
+    write with OSError, never inside HDF5 (whose failed writes end the process with a segfault)."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        write(f)
+    return buffer.getbuffer()
+
+
+def _write_part(f: h5py.File, features: np.ndarray, records: Sequence[ImageRecord], dataset: str) -> None:
     columns = columns_from_records(records)
-    with h5py.File(path, "w", locking=False) as f:
-        dset = f.create_dataset("features", shape=features.shape, dtype=features.dtype,
-                                chunks=(1, *features.shape[1:]), compression="lzf", fillvalue=0)
-        for j in np.flatnonzero(columns["status"] == OK):  # failed images stay unwritten: fill 0, no bytes
-            dset[j] = features[j]
-        for name, values in columns.items():
-            f.create_dataset(name, data=values, dtype=_TEXT if values.dtype == object else values.dtype)
+    dset = f.create_dataset("features", shape=features.shape, dtype=features.dtype,
+                            chunks=(1, *features.shape[1:]), compression="lzf", fillvalue=0)
+    for j in np.flatnonzero(columns["status"] == OK):  # failed images stay unwritten: fill 0, no bytes
+        dset[j] = features[j]
+    if dataset != "features":
+        f[dataset] = dset  # a second name of the same data (a hard link: no bytes)
+    for name, values in columns.items():
+        f.create_dataset(name, data=values, dtype=_TEXT if values.dtype == object else values.dtype)
 
 
 def _read_part_columns(parts: Path, k: int) -> dict[str, np.ndarray]:
@@ -213,28 +260,35 @@ def _read_part_columns(parts: Path, k: int) -> dict[str, np.ndarray]:
 
 
 def _read_columns(f: h5py.File) -> dict[str, np.ndarray]:
-    return {name: f[name].asstr()[:] if dtype == "str" else f[name][:] for name, (dtype, _, _) in COLUMNS.items()}
+    """The per-image datasets; a store of layout < 3 has no ``file_stat`` (read as (-1, -1))."""
+    return with_all_columns({name: f[name].asstr()[:] if dtype == "str" else f[name][:]
+                             for name, (dtype, _, _) in COLUMNS.items() if name in f})
 
 
-def _write_index(path: Path, spec: StoreSpec, metadata: dict, columns: dict[str, np.ndarray], parts_name: str) -> None:
+def _write_index(f: h5py.File, spec: StoreSpec, metadata: dict, columns: dict[str, np.ndarray], parts_name: str) -> None:
     grid = (spec.channels, spec.height, spec.width)
     layout = h5py.VirtualLayout(shape=(spec.n_images, *grid), dtype=spec.dtype)
+    dataset = source_dataset(metadata)
     for k in range(spec.n_shards):
         rng = spec.shard_range(k)
-        layout[rng.start:rng.stop] = h5py.VirtualSource(f"{parts_name}/{part_name(k)}", "features",
+        layout[rng.start:rng.stop] = h5py.VirtualSource(f"{parts_name}/{part_name(k)}", dataset,
                                                         shape=(len(rng), *grid))
-    with h5py.File(path, "w", locking=False) as f:
-        _label(f.create_virtual_dataset("features", layout, fillvalue=np.nan), FEATURE_DIMS)
-        for name, values in columns.items():
-            dtype, _, dims = COLUMNS[name]
-            dset = f.create_dataset(name, data=values, dtype=_TEXT if dtype == "str" else dtype)
-            _label(dset, dims)
-            if name == "status":
-                dset.attrs.update(STATUS_ATTRS)
-        f.attrs["wrc"] = json.dumps(metadata, ensure_ascii=False)
+    label(f.create_virtual_dataset("features", layout, fillvalue=np.nan), FEATURE_DIMS)
+    write_columns(f, columns, metadata)
 
 
-def _label(dset: h5py.Dataset, dims: Sequence[str]) -> None:
+def write_columns(f: h5py.File, columns: dict[str, np.ndarray], metadata: dict) -> None:
+    """The per-image datasets (labelled) and the ``wrc`` attribute of an index or single file."""
+    for name, values in columns.items():
+        dtype, _, dims = COLUMNS[name]
+        dset = f.create_dataset(name, data=values, dtype=_TEXT if dtype == "str" else dtype)
+        label(dset, dims)
+        if name == "status":
+            dset.attrs.update(STATUS_ATTRS)
+    f.attrs["wrc"] = json.dumps(metadata, ensure_ascii=False)
+
+
+def label(dset: h5py.Dataset, dims: Sequence[str]) -> None:
     for axis, name in enumerate(dims):
         dset.dims[axis].label = name
 
@@ -249,6 +303,12 @@ def _index_metadata(path: Path) -> dict | None:
     except (OSError, KeyError, ValueError, TypeError):
         return None
     return metadata if is_wrc_metadata(metadata) else None
+
+
+def _single_metadata(path: Path) -> dict | None:
+    """The metadata of a single file written by ``wrc export`` (None if ``path`` is not one)."""
+    metadata = _index_metadata(path)
+    return metadata if metadata is not None and metadata["store"].get("single_file") else None
 
 
 def _read_json(path: Path) -> dict | None:

@@ -68,16 +68,18 @@ Leaf = tuple[str, object, object]  # dotted key, old value, new value
 def difference(old: dict, new: dict) -> str | None:
     """How the store described by metadata ``old`` differs from the one ``new`` asks for (None: it can be resumed).
 
-    ``was made with other settings (--size 448 ≠ 224)``: at most :data:`MAX_SHOWN` options, in the order of
+    ``was made with other settings (--size 448 ≠ 224)``, ``was written by an older wrcli (store layout 2; this one
+    writes 3)``: at most :data:`MAX_SHOWN` options, in the order of
     :data:`SOURCES`; the fingerprints when nothing else tells them apart.
     """
     if old.get("images_sha256") != new.get("images_sha256"):
         n_old, n_new = old["store"].get("n_images"), new["store"]["n_images"]
         counts = f"{n_old} images, now {n_new}" if n_old != n_new else "same count, other names or order"
         return f"holds another image list ({counts})"
-    versions = old["store"].get("layout_version"), new["store"]["layout_version"]
-    if versions[0] != versions[1]:
-        return f"was written by another wrcli (store layout {versions[0]} ≠ {versions[1]})"
+    was, now = old["store"].get("layout_version", 1), new["store"]["layout_version"]
+    if was != now:
+        which = "an older" if was < now else "a newer"
+        return f"was written by {which} wrcli (store layout {was}; this one writes {now})"
     layout = [(f"store.{k}", old["store"].get(k), new["store"][k]) for k in LAYOUT_KEYS
               if old["store"].get(k) != new["store"][k]]
     if old.get("fingerprint") == new.get("fingerprint") and not layout:

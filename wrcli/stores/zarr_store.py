@@ -11,13 +11,17 @@ Layout::
     orig_hw/, input_hw/,    (N, 2) int32, dims (image, hw); ``feat_hw`` is the valid top-left region of the grid
     feat_hw/
     status/                 (N,) int8: 0 pending, 1 ok, 2 failed (CF flag attributes)
-    shard_done/             (n_shards, 7) int64, one object per shard, written last: the sizes in bytes of the shard's
+    file_stat/              (N, 2) int64, dims (image, stat), fill -1: (size in bytes, st_mtime_ns) of the image file
+                            as it was read, (-1, -1) if it could not be stat'ed; a rerun of extract redoes the shards
+                            of the images whose file now differs (``wrc info`` does not look at the sources)
+    shard_done/             (n_shards, 8) int64, one object per shard, written last: the sizes in bytes of the shard's
                             objects in features/ and the per-image arrays (attribute ``objects``; 0: none, as zarr
                             writes no chunk equal to the fill value) when it was written; all 0: not done
 
 Per-image arrays are chunked by shard, so every object belongs to exactly one shard and one writer. A shard
 counts as done only while its objects have the recorded sizes: a deleted or truncated object makes it pending
-again (a rerun redoes it, ``wrc info`` reports it).
+again (a rerun redoes it, ``wrc info`` reports it). Layout 3 added ``file_stat``; stores of layouts 1 and 2 read
+it as (-1, -1), and their ``shard_done`` (layout 1: (n_shards,) of 0/1) records the objects they have.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ from wrcli.errors import WrcError
 from wrcli.files import atomic_write, fsync
 from wrcli.stores.backend import StoreBackend
 from wrcli.stores.base import (
-    COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter,
-    check_shard, columns_from_records, foreign_error, gather_columns, incomplete_error, inconsistent_error,
-    is_empty_dir, is_wrc_metadata, spec_from_metadata, unfinished_error,
+    COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, UNRECORDED, ImageRecord, StoreReader, StoreSpec, StoreState,
+    StoreWriter, check_shard, columns_from_records, foreign_error, gather_columns, incomplete_error, inconsistent_error,
+    is_empty_dir, is_wrc_metadata, spec_from_metadata, unfinished_error, with_all_columns,
 )
 
 OBJECTS = ("features", *COLUMNS)  # the arrays with one object per shard, in the order shard_done records them
@@ -80,7 +84,8 @@ class ZarrBackend(StoreBackend):
         return ZarrWriter(path, spec)
 
     def finalize(self, path: Path) -> None:
-        """Check that every shard is done, record the counts, drop temporaries of killed writers, consolidate."""
+        """Check that every shard is done, drop temporaries of killed writers, record the counts and consolidate
+        (unless a finalize already recorded these counts: its metadata still holds, as writing shards leaves it)."""
         store = LocalStore(path)
         group = zarr.open_group(store, mode="r+", use_consolidated=False)
         metadata = dict(group.attrs["wrc"])
@@ -89,11 +94,12 @@ class ZarrBackend(StoreBackend):
         if missing:
             raise incomplete_error(path, missing, spec.n_shards)
         status = group["status"][:]
-        metadata["store"] = {**metadata["store"], "ok": int((status == OK).sum()),
-                             "failed": int((status == FAILED).sum())}
-        group.update_attributes({"wrc": metadata})
+        counts = {"ok": int((status == OK).sum()), "failed": int((status == FAILED).sum())}
         for stale in path.rglob("*.partial"):
             stale.unlink()
+        if all(metadata["store"].get(key) == value for key, value in counts.items()):
+            return
+        group.update_attributes({"wrc": {**metadata, "store": {**metadata["store"], **counts}}})
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Consolidated metadata is currently not part")  # of the v3 spec
             zarr.consolidate_metadata(store)
@@ -110,7 +116,7 @@ class ZarrBackend(StoreBackend):
     def decode_shard(self, path: Path, k: int) -> None:
         group = self._open_read(path)
         rng = spec_from_metadata(group.attrs["wrc"]).shard_range(k)
-        for name in OBJECTS:
+        for name in _objects(group):
             group[name][rng.start:rng.stop]
 
     def open_reader(self, path: Path) -> StoreReader:
@@ -121,7 +127,7 @@ class ZarrBackend(StoreBackend):
         missing = set(range(spec_from_metadata(metadata).n_shards)) - _check(path, group)[0]
         if missing:
             raise inconsistent_error(path, sorted(missing))
-        columns = {name: group[name][:] for name in COLUMNS}
+        columns = _rows(group, range(spec_from_metadata(metadata).n_images))
         return StoreReader(path, self.format, metadata, columns, group["features"])
 
     def _open_read(self, path: Path) -> zarr.Group:
@@ -138,7 +144,7 @@ def _create(path: Path, spec: StoreSpec, metadata: dict) -> None:
     for name, (dtype, tail, dims) in COLUMNS.items():
         text = dtype == "str"
         group.create_array(name, shape=(n, *tail), chunks=(s, *tail), dtype=str if text else dtype,
-                           fill_value="" if text else 0, dimension_names=dims,
+                           fill_value="" if text else UNRECORDED.get(name, 0), dimension_names=dims,
                            attributes=STATUS_ATTRS if name == "status" else {})
     group.create_array("shard_done", shape=(spec.n_shards, len(OBJECTS)), chunks=(1, len(OBJECTS)), dtype="int64",
                        fill_value=0, compressors=None, dimension_names=("shard", "object"),
@@ -146,7 +152,16 @@ def _create(path: Path, spec: StoreSpec, metadata: dict) -> None:
 
 
 def _rows(group: zarr.Group, rng: range) -> dict[str, np.ndarray]:
-    return {name: group[name][rng.start:rng.stop] for name in COLUMNS}
+    """The per-image columns of images ``rng``, those the store's layout lacks as unrecorded."""
+    present = set(group.array_keys())
+    return with_all_columns({name: group[name][rng.start:rng.stop] for name in COLUMNS if name in present})
+
+
+def _objects(group: zarr.Group) -> list[str]:
+    """The arrays with one object per shard that this store has (its ``shard_done`` says; layout 1: every one it
+    has of :data:`OBJECTS`)."""
+    recorded = group["shard_done"].attrs.get("objects")
+    return list(recorded) if recorded else [name for name in OBJECTS if name in set(group.array_keys())]
 
 
 def _object(path: Path, array: zarr.Array, k: int) -> Path:
@@ -161,10 +176,10 @@ def _sizes(files: Sequence[Path]) -> list[int]:
 def _check(path: Path, group: zarr.Group) -> tuple[set[int], set[int]]:
     """The shards marked done whose objects have the recorded sizes, and those marked done whose do not. A store of
     layout 1 (wrcli before the sizes were recorded: ``shard_done`` (n_shards,) of 0/1) is read as it says."""
-    arrays = [group[name] for name in OBJECTS]
     markers = group["shard_done"][:]
     if markers.ndim == 1:
         return {int(k) for k in np.flatnonzero(markers)}, set()
+    arrays = [group[name] for name in _objects(group)]
     done, broken = set(), set()
     for k, recorded in enumerate(markers.tolist()):
         if recorded[0] > 0:
