@@ -115,6 +115,12 @@ def test_eval_choices_are_the_protocol_modules_names():
     assert set(choices.DEPTH_PROTOCOLS) == set(depth.DEPTH_PROTOCOLS)
     assert set(choices.SEG_DATASETS) == {"auto", *datasets.SEG_READERS}
     assert set(choices.CORR_DATASETS) == set(correspondence.DATASETS)
+    from wrcli.eval import discovery
+
+    assert (choices.DISCOVERY_DATASETS, choices.DISCOVERY_METHODS) == (discovery.DATASETS, discovery.METHODS)
+    from wrcli.eval import ovseg
+
+    assert (choices.OVSEG_DATASETS, choices.OVSEG_METHODS) == (ovseg.DATASETS, ovseg.METHODS)
 
 
 def test_train_solver_choices_are_the_wrc_solves():

@@ -251,6 +251,75 @@ def eval_corr_cmd(
     _eval_output(report, title, out, json_out)
 
 
+@eval_app.command("discovery")
+def eval_discovery_cmd(
+    root: str = typer.Argument(..., help="Dataset root: VOCdevkit (or VOC2007/VOC2012), the COCO folder holding train2014/ and annotations/, or a boxes.jsonl folder (see --dataset)."),
+    dataset: str = typer.Option(..., "--dataset", callback=_one_of(*choices.DISCOVERY_DATASETS), help="voc07 or voc12 (trainval), coco20k, or generic (ROOT/boxes.jsonl)."),
+    method: str = typer.Option("tokencut", callback=_one_of(*choices.DISCOVERY_METHODS), help="tokencut (normalised cut) or lost (seed expansion)."),
+    upsampler: EvalUpsamplers = f"bilinear,{DEFAULT_UPSAMPLER}",
+    imsize: int = typer.Option(448, min=1, help="Images are warped to imsize × imsize (a patch multiple)."),
+    scale: int = typer.Option(2, min=1, help="Upsampling factor of the token grid (1 = raw backbone features)."),
+    tau: Optional[float] = typer.Option(None, help="TokenCut: cosine threshold of the graph (default 0.2 VOC and generic, 0.3 COCO20k)."),
+    k: int = typer.Option(100, "--k", min=1, help="LOST: lowest-degree patches in the seed expansion."),
+    filenames: Optional[str] = typer.Option(None, help="COCO20k: the list of its 19,817 train2014 names (default ROOT/coco_20k_filenames.txt)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N listed images."),
+    cache: ProbeCache = None,
+    out: EvalOut = None,
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    backbone_weights: BackboneWeights = None,
+    device: Device = "auto",
+    json_out: EvalJson = False,
+) -> None:
+    """Unsupervised object discovery: one box per image from TokenCut or LOST on the upsampled features, scored
+    by CorLoc (IoU ≥ 0.5 with any ground-truth box), every upsampler on the same backbone features."""
+    from wrcli.eval.discovery import discovery_task
+    from wrcli.eval.task import RunOptions, run_task
+
+    task = discovery_task(dataset, root, imsize=imsize, scale=scale, method=method, tau=tau, k=k,
+                          filenames=filenames, limit=limit, cache=cache)
+    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device), _command())
+    data, proto = report["dataset"], report["protocol"]
+    title = (f"{dataset} · {method}: {data['images']} images ({data['skipped']} skipped), imsize {proto['imsize']}, "
+             f"scale {proto['scale']}")
+    _eval_output(report, title, out, json_out)
+
+
+@eval_app.command("ovseg")
+def eval_ovseg_cmd(
+    root: str = typer.Argument(..., help="Segmentation dataset root (VOC, ADE20K, Cityscapes, COCO-Stuff-164k or a generic images/labels folder)."),
+    dataset: str = typer.Option("auto", "--dataset", callback=_one_of(*choices.OVSEG_DATASETS), help="Layout of ROOT (auto: detected)."),
+    method: str = typer.Option("proxyclip", callback=_one_of(*choices.OVSEG_METHODS), help="proxyclip (the backbone's affinity as CLIP's last attention) or maskclip (CLIP's value features; interpolating upsamplers only)."),
+    classes: Optional[str] = typer.Option(None, help="voc21, voc20, context59, context60, cocostuff171, cocoobject, ade150, cityscapes, or a class-list file (default: the dataset's)."),
+    clip_model: str = typer.Option("ViT-B-16", help="open_clip model name (or its .json config)."),
+    clip_weights: Optional[str] = typer.Option(None, envvar="WRC_CLIP_WEIGHTS", help="CLIP weights file (open_clip checkpoint or .safetensors) for offline use (default: OpenAI's through the hub)."),
+    upsampler: EvalUpsamplers = f"bilinear,{DEFAULT_UPSAMPLER}",
+    scale: int = typer.Option(8, min=1, help="Upsampling factor of the backbone's token grid (1 = ProxyCLIP as published)."),
+    imsize: Optional[int] = typer.Option(None, min=1, help="Short side of the resized image (default: the class list's preset, 336 or 448)."),
+    crop: Optional[int] = typer.Option(None, min=1, help="Sliding-window side (default: the preset's)."),
+    stride: Optional[int] = typer.Option(None, min=1, help="Sliding-window stride (default: the preset's, 112)."),
+    prob_thd: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Pixels whose best class probability is below this are background (default: the preset's)."),
+    limit: ProbeLimit = None,
+    cache: ProbeCache = None,
+    out: EvalOut = None,
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    backbone_weights: BackboneWeights = None,
+    device: Device = "auto",
+    json_out: EvalJson = False,
+) -> None:
+    """Training-free open-vocabulary segmentation (mIoU, aAcc): CLIP names the classes, the upsampled backbone
+    features decide the grouping (ProxyCLIP), every upsampler on the same features."""
+    from wrcli.eval.ovseg import ovseg_task
+    from wrcli.eval.task import RunOptions, run_task
+
+    presets = {k: v for k, v in (("crop", crop), ("stride", stride), ("prob_thd", prob_thd)) if v is not None}
+    task = ovseg_task(root, dataset=dataset, classes=classes, method=method, clip_model=clip_model,
+                      clip_weights=clip_weights, imsize=imsize, scale=scale, limit=limit, cache=cache, **presets)
+    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device), _command())
+    data, proto = report["dataset"], report["protocol"]
+    title = f"ovseg {method}, {proto['classes']}: {data['evaluated']}/{data['images']} images, scale {proto['scale']}"
+    _eval_output(report, title, out, json_out)
+
+
 @app.command("upsamplers")
 def upsamplers_cmd(
     backbone: BackboneName = DEFAULT_BACKBONE,
