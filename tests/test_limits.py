@@ -106,7 +106,7 @@ def test_available_bytes_on_cuda_counts_what_the_allocator_holds_unused(monkeypa
 
 
 # ---------------------------------------------------------------------------------------------------
-# item 10: Ctrl-C is one line on stderr and exit 130 (typer alone exits 130 silently)
+# item 10: Ctrl-C is one line on stderr and exit 130 (typer alone exits 130 silently); SIGTERM the same, 143
 # ---------------------------------------------------------------------------------------------------
 def _blocked_reading_stdin(pid: int) -> bool:
     """Whether the process's main thread waits in read(0, ...) (the first two fields of /proc/PID/syscall)."""
@@ -117,7 +117,8 @@ def _blocked_reading_stdin(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/syscall").exists(), reason="needs Linux /proc/PID/syscall")
-def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, vits_weights):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_prints_one_line_and_exits_with_its_code(tmp_path, vits_weights, sig, code, word):
     wrc = Path(sys.executable).with_name("wrc")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [str(wrc), "extract", "-", str(tmp_path / "out.zarr"), "--backbone-weights", str(vits_weights)]
@@ -127,10 +128,10 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, vits_weights):
         while not _blocked_reading_stdin(proc.pid):  # waiting for paths on stdin: the command is running
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130
-    assert err.decode().splitlines() == ["wrc: interrupted — rerun the same command to resume"]
+    assert proc.returncode == code
+    assert err.decode().splitlines() == [f"wrc: {word} — rerun the same command to resume"]
     assert out == b""

@@ -2,7 +2,7 @@
 commands so that ``wrc --help`` answers at once.
 
 Exit codes: 0 success, 1 failure, 2 usage error, 3 finished but some inputs failed (see ``EXIT_PARTIAL``),
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as the shell reports a process it ended
 
 app = typer.Typer(
     name="wrc",
@@ -710,24 +711,24 @@ def main() -> None:
 
 
 def _run() -> None:
-    """The app, with every error turned into its one line and exit code. Ctrl-C too (exit 130): typer turns a
-    KeyboardInterrupt into a silent exit 130, so Python's SIGINT handler is wrapped to record that it fired."""
-    ctrl_c = threading.Event()
+    """The app, with every error turned into its one line and exit code. Ctrl-C (exit 130) and SIGTERM (exit 143)
+    too: both raise KeyboardInterrupt, which typer turns into a silent exit 130, so the handlers record which
+    signal fired. A signal the caller ignores (nohup, a background job's SIGINT) stays ignored."""
+    received: list[int] = []
 
-    def on_ctrl_c(signum: int, frame: Any) -> None:
-        ctrl_c.set()
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
         signal.default_int_handler(signum, frame)
 
-    ours = threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # not when SIGINT is ignored (nohup, &)
-    if ours:
-        signal.signal(signal.SIGINT, on_ctrl_c)
+    ours = [sig for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))
+            if threading.current_thread() is threading.main_thread() and signal.getsignal(sig) is default]
+    previous = {sig: signal.signal(sig, on_signal) for sig in ours}
     try:
         app(default_map=config_defaults())
     except KeyboardInterrupt:
         pass  # raised outside typer's own handling (e.g. while it starts)
     except SystemExit as exc:
-        if exc.code != EXIT_INTERRUPTED or not ctrl_c.is_set():
+        if exc.code != EXIT_INTERRUPTED or not received:
             raise
     except WrcError as exc:
         _fail(str(exc))
@@ -740,7 +741,10 @@ def _run() -> None:
     else:
         return
     finally:
-        if ours:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-    typer.echo("wrc: interrupted — rerun the same command to resume", err=True)  # only Ctrl-C gets here
-    sys.exit(EXIT_INTERRUPTED)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    # only a signal gets here; zarr's I/O loop, stopped mid-write, would warn of its pending coroutines at exit
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    terminated = bool(received) and received[0] == signal.SIGTERM
+    typer.echo(f"wrc: {'terminated' if terminated else 'interrupted'} — rerun the same command to resume", err=True)
+    sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
