@@ -121,6 +121,9 @@ def test_eval_choices_are_the_protocol_modules_names():
     from wrcli.eval import ovseg
 
     assert (choices.OVSEG_DATASETS, choices.OVSEG_METHODS) == (ovseg.DATASETS, ovseg.METHODS)
+    from wrcli.eval import vos
+
+    assert choices.VOS_PROTOCOLS == vos.PROTOCOLS
 
 
 def test_train_solver_choices_are_the_wrc_solves():

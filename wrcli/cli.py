@@ -252,6 +252,42 @@ def eval_corr_cmd(
     _eval_output(report, title, out, json_out)
 
 
+@eval_app.command("vos")
+def eval_vos_cmd(
+    root: str = typer.Argument(..., help="DAVIS root (JPEGImages/480p, Annotations/480p, ImageSets/2017/val.txt) or a folder of <seq>/frames/*.jpg + <seq>/masks/*.png."),
+    upsampler: EvalUpsamplers = f"bilinear,{DEFAULT_UPSAMPLER}",
+    protocol: str = typer.Option("square", callback=_one_of(*choices.VOS_PROTOCOLS), help="square: frames warped to imsize² (WRC/LiFT); native: the frames' own aspect, sides rounded to the patch size (NAF/RaysUp)."),
+    imsize: int = typer.Option(448, min=1, help="Frame side for --protocol square (bicubic), a patch multiple."),
+    scale: int = typer.Option(2, min=1, help="Upsampling factor of the token grid the labels propagate on."),
+    context: int = typer.Option(7, min=0, help="Preceding frames (with their predicted labels) used besides the first."),
+    topk: int = typer.Option(5, min=1, help="Neighbours per query cell, taken jointly over all context frames."),
+    radius: int = typer.Option(12, min=0, help="Window half-size in cells of the feature grid (Chebyshev); 0 = no window."),
+    temperature: float = typer.Option(0.1, min=1e-6, help="Softmax temperature over the top-k similarities."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N sequences."),
+    masks_out: Optional[str] = typer.Option(None, help="Write the predicted masks as DAVIS palette PNGs to DIR/<upsampler>/<seq>/<frame>.png (for the official evaluator)."),
+    cache: ProbeCache = None,
+    out: EvalOut = None,
+    backbone: BackboneName = DEFAULT_BACKBONE,
+    backbone_weights: BackboneWeights = None,
+    device: Device = "auto",
+    json_out: EvalJson = False,
+) -> None:
+    """Semi-supervised video object segmentation by label propagation (DAVIS J, F, J&F), every upsampler on the
+    same backbone features. Sequences that cannot be scored are listed on stderr and in the report."""
+    from wrcli.eval.task import RunOptions, run_task
+    from wrcli.eval.vos import vos_task
+
+    task = vos_task(root, imsize=imsize, scale=scale, context=context, topk=topk, radius=radius,
+                    temperature=temperature, protocol=protocol, limit=limit, masks_out=masks_out, cache=cache)
+    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device), _command())
+    for name, reason in report["errors"].items():
+        typer.echo(f"wrc: warning: {name} left out: {reason}", err=True)
+    data, proto = report["dataset"], report["protocol"]
+    size = f"{proto['imsize']}²" if proto["imsize"] else "native size"
+    title = f"vos: {data['sequences']} sequences, {data['scored_frames']} scored frames, {size}, scale {proto['scale']}"
+    _eval_output(report, title, out, json_out)
+
+
 @eval_app.command("discovery")
 def eval_discovery_cmd(
     root: str = typer.Argument(..., help="Dataset root: VOCdevkit (or VOC2007/VOC2012), the COCO folder holding train2014/ and annotations/, or a boxes.jsonl folder (see --dataset)."),

@@ -68,7 +68,7 @@ _COCO_FINE_TO_COARSE = (
 )
 
 
-def _lut(pairs: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+def label_lut(pairs: Sequence[tuple[int, int]]) -> tuple[int, ...]:
     """A 256-entry label lookup table: ``source → class`` for the given pairs, 255 for every other value."""
     table = [IGNORE] * 256
     for src, dst in pairs:
@@ -76,11 +76,11 @@ def _lut(pairs: Sequence[tuple[int, int]]) -> tuple[int, ...]:
     return tuple(table)
 
 
-CITYSCAPES_LUT = _lut([(label_id, train_id) for train_id, label_id in enumerate(CITYSCAPES_IDS)])
-COCO27_LUT = _lut([(fine, int(c, 27)) for fine, c in enumerate(_COCO_FINE_TO_COARSE)])
+CITYSCAPES_LUT = label_lut([(label_id, train_id) for train_id, label_id in enumerate(CITYSCAPES_IDS)])
+COCO27_LUT = label_lut([(fine, int(c, 27)) for fine, c in enumerate(_COCO_FINE_TO_COARSE)])
 
 
-def _stat(path: str) -> list:
+def file_key(path: str) -> list:
     st = os.stat(path)
     return [path, st.st_size, st.st_mtime_ns]
 
@@ -113,7 +113,7 @@ class LabelSample:
         return read_rgb(self.image), labels
 
     def fingerprint(self) -> list:
-        return [self.name, *_stat(self.image), *_stat(self.target), self.lut is not None]
+        return [self.name, *file_key(self.image), *file_key(self.target), self.lut is not None]
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class DepthSample:
         return read_rgb(self.image), depth
 
     def fingerprint(self) -> list:
-        return [self.name, *_stat(self.image), *_stat(self.target), self.scale]
+        return [self.name, *file_key(self.image), *file_key(self.target), self.scale]
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class NyuSample:
         return Image.fromarray(rgb), depth
 
     def fingerprint(self) -> list:
-        return [self.name, *_stat(self.mat), self.index]
+        return [self.name, *file_key(self.mat), self.index]
 
 
 Sample = LabelSample | DepthSample | NyuSample
@@ -196,7 +196,7 @@ class ProbeData:
         return ProbeData(self.name, self.root, train, val, self.classes, self.ignore_index, {**self.notes, "limit": limit})
 
 
-def _base(root: Path, candidates: Sequence[str], marker: str, what: str, expected: str) -> Path:
+def find_base(root: Path, candidates: Sequence[str], marker: str, what: str, expected: str) -> Path:
     """The first ``root/candidate`` that contains ``marker``; WrcError naming the expected layout otherwise."""
     if not root.exists():
         raise WrcError(f"dataset folder {root} does not exist")
@@ -206,7 +206,7 @@ def _base(root: Path, candidates: Sequence[str], marker: str, what: str, expecte
     raise WrcError(f"{root} is not a {what} folder: expected {expected}")
 
 
-def _lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -222,11 +222,11 @@ def _checked(name: str, samples: list[Sample], what: str) -> Split:
 
 
 def voc(root: Path) -> ProbeData:
-    base = _base(root, ["", "VOC2012", "VOCdevkit/VOC2012"], "ImageSets/Segmentation", "Pascal VOC 2012",
+    base = find_base(root, ["", "VOC2012", "VOCdevkit/VOC2012"], "ImageSets/Segmentation", "Pascal VOC 2012",
                  "VOC2012/ with JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/{train,val}.txt")
 
     def split(name: str) -> Split:
-        ids = _lines(base / "ImageSets/Segmentation" / f"{name}.txt")
+        ids = read_lines(base / "ImageSets/Segmentation" / f"{name}.txt")
         return _checked(name, [LabelSample(i, str(base / "JPEGImages" / f"{i}.jpg"), str(base / "SegmentationClass" / f"{i}.png"))
                                for i in ids], "Pascal VOC")
 
@@ -234,7 +234,7 @@ def voc(root: Path) -> ProbeData:
 
 
 def ade20k(root: Path) -> ProbeData:
-    base = _base(root, ["", "ADEChallengeData2016"], "annotations/training", "ADE20K",
+    base = find_base(root, ["", "ADEChallengeData2016"], "annotations/training", "ADE20K",
                  "ADEChallengeData2016/ with images/{training,validation}/ and annotations/{training,validation}/")
 
     def split(name: str) -> Split:
@@ -256,7 +256,7 @@ def _ade_classes(base: Path) -> tuple[str, ...]:
 
 
 def cityscapes(root: Path) -> ProbeData:
-    base = _base(root, ["", "cityscapes"], "gtFine", "Cityscapes",
+    base = find_base(root, ["", "cityscapes"], "gtFine", "Cityscapes",
                  "leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and gtFine/{train,val}/<city>/*_gtFine_labelIds.png")
 
     def split(name: str) -> Split:
@@ -272,7 +272,7 @@ def cityscapes(root: Path) -> ProbeData:
 
 
 def coco27(root: Path, list_name: str = "Coco164kFull_Stuff_Coarse.txt") -> ProbeData:
-    base = _base(root, ["", "cocostuff"], "curated", "COCO-Stuff-27",
+    base = find_base(root, ["", "cocostuff"], "curated", "COCO-Stuff-27",
                  f"cocostuff/ with curated/{{train2017,val2017}}/{list_name}, images/<split>/<id>.jpg and annotations/<split>/<id>.png")
 
     def split(name: str) -> Split:
@@ -280,12 +280,12 @@ def coco27(root: Path, list_name: str = "Coco164kFull_Stuff_Coarse.txt") -> Prob
         if not listing.is_file():
             raise WrcError(f"COCO-Stuff-27: the curated image list {listing} does not exist")
         return _checked(name, [LabelSample(i, str(base / "images" / name / f"{i}.jpg"), str(base / "annotations" / name / f"{i}.png"), COCO27_LUT)
-                               for i in _lines(listing)], "COCO-Stuff-27")
+                               for i in read_lines(listing)], "COCO-Stuff-27")
 
     return ProbeData("coco27", base, split("train2017"), split("val2017"), COCO27_CLASSES, notes={"list": list_name})
 
 
-def _pairs(root: Path, target_dir: str, suffixes: Sequence[str], split: str, make: Callable[[str, str, str], Sample], what: str) -> Split:
+def paired_split(root: Path, target_dir: str, suffixes: Sequence[str], split: str, make: Callable[[str, str, str], Sample], what: str) -> Split:
     """Images of ``images/<split>/`` paired by stem with ``<target_dir>/<split>/<stem><suffix>``."""
     folder = root / "images" / split
     if not folder.is_dir():
@@ -304,10 +304,10 @@ def generic_seg(root: Path) -> ProbeData:
         if not root.exists():
             raise WrcError(f"dataset folder {root} does not exist")
         raise WrcError(f"{root} is not a generic segmentation folder: expected classes.txt, images/{{train,val}}/ and masks/{{train,val}}/")
-    classes = tuple(_lines(classes_file))
+    classes = tuple(read_lines(classes_file))
     if not 1 <= len(classes) <= 255:
         raise WrcError(f"{classes_file} must name 1 to 255 classes (one per line), found {len(classes)}")
-    train, val = (_pairs(root, "masks", [".png"], name, LabelSample, "generic segmentation") for name in ("train", "val"))
+    train, val = (paired_split(root, "masks", [".png"], name, LabelSample, "generic segmentation") for name in ("train", "val"))
     return ProbeData("generic", root, train, val, classes)
 
 
@@ -348,7 +348,7 @@ def generic_depth(root: Path, scale: float = 1000.0) -> ProbeData:
     def make(name: str, image: str, target: str) -> DepthSample:
         return DepthSample(name, image, target, scale)
 
-    train, val = (_pairs(root, "depth", [".png", ".npy"], name, make, "generic depth") for name in ("train", "val"))
+    train, val = (paired_split(root, "depth", [".png", ".npy"], name, make, "generic depth") for name in ("train", "val"))
     return ProbeData("generic", root, train, val, ignore_index=None, notes={"depth_scale": scale})
 
 

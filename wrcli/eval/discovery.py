@@ -74,7 +74,7 @@ from torch import Tensor
 from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER
 from wrcli.errors import WrcError, first_line
 
-from .datasets import Split, _base, _lines, _stat, read_rgb
+from .datasets import Split, find_base, read_lines, file_key, read_rgb
 from .dense import normalise_and_resize
 from .features import SplitCache, build_cache
 from .probes import upsampled
@@ -230,10 +230,10 @@ def _item(name: str, image: Path, boxes: list[list[float]]) -> Entry:
 
 def read_voc(root: str | Path, year: str) -> list[Entry]:
     """The VOC ``year`` trainval images in list order, with every object's box (see the module docstring)."""
-    base = _base(Path(root), ["", f"VOC{year}", f"VOCdevkit/VOC{year}"], "ImageSets/Main/trainval.txt",
+    base = find_base(Path(root), ["", f"VOC{year}", f"VOCdevkit/VOC{year}"], "ImageSets/Main/trainval.txt",
                  f"Pascal VOC {year}", f"VOCdevkit/VOC{year}/ with ImageSets/Main/trainval.txt, Annotations/ and "
                  "JPEGImages/")
-    return [_voc_entry(base, i) for i in _lines(base / "ImageSets/Main/trainval.txt")]
+    return [_voc_entry(base, i) for i in read_lines(base / "ImageSets/Main/trainval.txt")]
 
 
 def _voc_entry(base: Path, image_id: str) -> Entry:
@@ -296,7 +296,7 @@ def _coco_names(root: Path, filenames: str | Path | None) -> list[str]:
     if not path.is_file():
         raise WrcError(f"the COCO20k list {path} does not exist: pass --filenames FILE (the 19,817 names, "
                        f"{COCO20K_LIST} from LOST's datasets/) or put it in {root}")
-    names = _lines(path)
+    names = read_lines(path)
     for name in names:
         _coco_id(name)
     if not names:
@@ -371,7 +371,7 @@ class WarpedImage:
         return warped, np.zeros((self.side, self.side), dtype=np.uint8)
 
     def fingerprint(self) -> list:
-        return [self.name, *_stat(self.image), "warp", self.side]
+        return [self.name, *file_key(self.image), "warp", self.side]
 
 
 # -- the task -----------------------------------------------------------------------------------------------

@@ -138,18 +138,18 @@ def build_cache(root: str | os.PathLike, dataset: str, split: Split, *, size: in
     folder = Path(root) / f"{dataset}-{split.name}-{digest}"
     shapes = _shapes(len(split.samples), size, backbone.channels, size // backbone.patch_size, target_dtype, flip)
     meta = folder / "meta.json"
-    done = _done(meta, key, [folder / f"{name}.npy" for name in shapes])
+    done = cached_count(meta, key, [folder / f"{name}.npy" for name in shapes])
     if done == len(split.samples):
         return SplitCache.of({name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in shapes})
-    arrays = _open_arrays(folder, shapes, resume=done > 0)
-    _write_meta(meta, key, done)
+    arrays = open_arrays(folder, shapes, resume=done > 0)
+    write_meta(meta, key, done)
     loader = DataLoader(_Decoded(split.samples, done, size, np.dtype(target_dtype), classes), batch_size=BACKBONE_BATCH,
                         num_workers=workers, collate_fn=list)
     bar = Progress(len(split.samples) - done, f"features {dataset} {split.name}", enabled=progress)
     with torch.inference_mode():
         for batch in loader:
             done = _encode(batch, arrays, done, backbone, device)
-            _write_meta(meta, key, done)
+            write_meta(meta, key, done)
             bar.advance(len(batch))
     bar.close()
     return SplitCache.of(arrays)
@@ -166,7 +166,7 @@ def _shapes(n: int, size: int, channels: int, grid: int, target_dtype: np.dtype,
     return shapes
 
 
-def _open_arrays(folder: Path, shapes: Shapes, resume: bool) -> dict[str, np.memmap]:
+def open_arrays(folder: Path, shapes: Shapes, resume: bool) -> dict[str, np.memmap]:
     """The cache files memory-mapped for writing: kept when resuming, else created (a killed writer's temporary
     metadata file is removed)."""
     try:
@@ -199,7 +199,7 @@ def _encode(batch: list[tuple[np.ndarray | None, np.ndarray | None, str | None]]
     return b
 
 
-def _done(meta_path: Path, key: dict, files: list[Path]) -> int:
+def cached_count(meta_path: Path, key: dict, files: list[Path]) -> int:
     """Images already cached under ``key`` (0 when the folder is new, partial files are missing or the key differs)."""
     try:
         meta = json.loads(meta_path.read_text())
@@ -208,5 +208,5 @@ def _done(meta_path: Path, key: dict, files: list[Path]) -> int:
     return int(meta.get("done", 0)) if meta.get("key") == key and all(f.is_file() for f in files) else 0
 
 
-def _write_meta(path: Path, key: dict, done: int) -> None:
+def write_meta(path: Path, key: dict, done: int) -> None:
     write_text_atomic(path, json.dumps({"key": key, "done": done}, indent=1))

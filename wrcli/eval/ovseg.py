@@ -137,9 +137,9 @@ DEFAULT_CLASSES = {"voc": "voc21", "ade20k": "ade150", "cityscapes": "cityscapes
 # COCO-Stuff-164k stuffthingmaps: the 11 fine ids (0-based) no annotation uses; the other 171 renumbered in order
 _COCO_UNUSED = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
 _COCO_USED = tuple(i for i in range(182) if i not in _COCO_UNUSED)
-COCO171_LUT = datasets._lut([(fine, k) for k, fine in enumerate(_COCO_USED)])
-COCO_OBJECT_LUT = datasets._lut([(fine, k + 1 if fine <= 90 else 0) for k, fine in enumerate(_COCO_USED)])
-REDUCE_ZERO_LUT = datasets._lut([(k, k - 1) for k in range(1, 255)])
+COCO171_LUT = datasets.label_lut([(fine, k) for k, fine in enumerate(_COCO_USED)])
+COCO_OBJECT_LUT = datasets.label_lut([(fine, k + 1 if fine <= 90 else 0) for k, fine in enumerate(_COCO_USED)])
+REDUCE_ZERO_LUT = datasets.label_lut([(k, k - 1) for k in range(1, 255)])
 LABEL_MAPS = {("voc", "voc20"): REDUCE_ZERO_LUT, ("ade20k", "ade150"): REDUCE_ZERO_LUT,
               ("cocostuff", "cocostuff171"): COCO171_LUT, ("cocostuff", "cocoobject"): COCO_OBJECT_LUT}
 
@@ -274,7 +274,7 @@ def coco_stuff(root: Path) -> ProbeData:
     fine ids 0..181, 255 unlabelled); only the val split is read."""
     if not (root / "images" / "val2017").is_dir():
         raise WrcError(f"{root} is not a COCO-Stuff-164k folder: expected images/val2017/ and annotations/val2017/")
-    val = datasets._pairs(root, "annotations", [".png"], "val2017", LabelSample, "COCO-Stuff-164k")
+    val = datasets.paired_split(root, "annotations", [".png"], "val2017", LabelSample, "COCO-Stuff-164k")
     names = tuple(f"fine {i}" for i in range(182))
     return ProbeData("cocostuff", root, val, val, names)
 
