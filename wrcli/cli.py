@@ -82,7 +82,7 @@ def _device_spec(value: str) -> str:
 
 
 eval_app = typer.Typer(
-    help="The field's probes and correspondence benchmarks, several upsamplers side by side.",
+    help="The field's probes, correspondence, video, object-discovery and open-vocabulary benchmarks, several upsamplers side by side.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
