@@ -24,6 +24,7 @@ from wrcli.eval.clip import (
     text_embeddings,
     tokenizer_for,
 )
+from wrcli.eval.datasets import open_seg
 from wrcli.eval.ovseg import (
     COCO171_LUT,
     COCO_OBJECT_LUT,
@@ -250,6 +251,28 @@ def test_end_to_end_on_a_voc_folder(tmp_path, vits_weights, tiny_clip):
     json.dumps(report, allow_nan=False)
     again = ovseg(tmp_path, vits_weights, tiny_clip, cache=str(tmp_path / "cache"))  # from the cache: same numbers
     assert again["results"]["bilinear"]["mIoU"] == report["results"]["bilinear"]["mIoU"]
+
+
+def test_missing_files_are_skipped_images_and_train_txt_is_not_needed(tmp_path, vits_weights, tiny_clip):
+    base = make_voc(tmp_path, 4)
+    first, no_label, no_image, last = (base / "ImageSets/Segmentation/val.txt").read_text().split()
+    (base / "SegmentationClass" / f"{no_label}.png").unlink()
+    (base / "JPEGImages" / f"{no_image}.jpg").unlink()
+    (base / "ImageSets/Segmentation/train.txt").unlink()  # only val is read
+    report = ovseg(tmp_path, vits_weights, tiny_clip, upsamplers="bilinear")
+    d = report["dataset"]
+    assert (d["images"], d["evaluated"]) == (4, 2)
+    assert d["skipped"] == [{"image": no_label, "reason": f"label file {base}/SegmentationClass/{no_label}.png is missing"},
+                            {"image": no_image, "reason": f"image file {base}/JPEGImages/{no_image}.jpg is missing"}]
+    assert 0 <= report["results"]["bilinear"]["mIoU"] <= 100
+    assert [s.name for s in open_ovseg_data("voc", tmp_path).val.samples] == [first, last]
+    with pytest.raises(OSError, match="train.txt"):  # the probes still need the train split
+        open_seg("voc", tmp_path)
+    for i in (first, last):
+        (base / "SegmentationClass" / f"{i}.png").unlink()
+    with pytest.raises(WrcError, match=r"no image of split val can be evaluated: each of the 4 listed lacks a file "
+                                       r"\(first: label file .*is missing\)$"):
+        ovseg(tmp_path, vits_weights, tiny_clip, upsamplers="bilinear")
 
 
 def test_the_task_implements_the_one_interface(tmp_path):

@@ -314,6 +314,21 @@ def test_cli_seg_errors_are_one_line(tmp_path, vits_weights, capsys, monkeypatch
     assert code == 1 and "not a multiple" in error_line(err)
 
 
+def test_probe_refuses_a_missing_label_file_in_one_line(tmp_path, vits_weights, capsys, monkeypatch):
+    """The probes train on the split: a missing label refuses the dataset (only ovseg's lenient listing skips it)."""
+    root = generic_seg(tmp_path / "g", 2, 1)
+    missing = root / "masks/train/01.png"
+    missing.unlink()
+    base = ["--backbone", ARCH, "--backbone-weights", str(vits_weights), "--size", "56", "--workers", "0", "--device", "cpu"]
+    code, _, err = run_cli(["eval", "seg", str(root), *base], capsys, monkeypatch)
+    assert code == 1 and f"generic segmentation: {missing} (listed in split train) does not exist" in error_line(err)
+    with pytest.raises(WrcError, match="01.png .*does not exist"):
+        SegProbe(root).open_data()
+    lenient = open_seg("generic", root, lenient=True)
+    assert [s.name for s in lenient.train.samples] == ["00"]
+    assert lenient.train.missing == (("01", f"label file {missing} is missing"),) and not lenient.val.missing
+
+
 # -- real data ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -26,6 +26,10 @@ Depth (targets in metres, 0 = no measurement):
   depth scale, default 1000: millimetres) or ``<stem>.npy`` (float metres).
 
 Images are read as stored (no EXIF rotation: the label maps match the stored pixels).
+
+A listed sample whose image or label file is missing refuses the dataset (the probes train on it), except in a
+lenient listing (``open_seg(..., lenient=True)``, for an evaluation): there it is left out of the split's samples and
+kept in ``Split.missing`` with its reason, and a VOC root without ``train.txt`` has an empty train split.
 """
 
 from __future__ import annotations
@@ -164,8 +168,12 @@ Sample = LabelSample | DepthSample | NyuSample
 
 @dataclass(frozen=True)
 class Split:
+    """The samples of a split whose files exist; ``missing``: (name, reason) of the listed ones lacking a file
+    (only in a lenient listing)."""
+
     name: str
     samples: tuple[Sample, ...]
+    missing: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,36 +218,46 @@ def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _checked(name: str, samples: list[Sample], what: str) -> Split:
-    """A split whose files all exist; WrcError naming the first missing one."""
+def _checked(name: str, samples: list[Sample], what: str, lenient: bool = False) -> Split:
+    """The split of the listed ``samples``: WrcError when none is listed or (unless ``lenient``) naming the first
+    missing file; ``lenient`` keeps the samples whose files exist and the others, with the reason, in ``missing``."""
     if not samples:
         raise WrcError(f"{what}: split {name} has no images")
+    present: list[Sample] = []
+    missing: list[tuple[str, str]] = []
     for s in samples:
-        for path in (getattr(s, "image", None), getattr(s, "target", None)):
-            if path is not None and not os.path.isfile(path):
-                raise WrcError(f"{what}: {path} (listed in split {name}) does not exist")
-    return Split(name, tuple(samples))
+        files = (("image", getattr(s, "image", None)), ("label", getattr(s, "target", None)))
+        absent = next(((kind, path) for kind, path in files if path is not None and not os.path.isfile(path)), None)
+        if absent is None:
+            present.append(s)
+        elif lenient:
+            missing.append((s.name, f"{absent[0]} file {absent[1]} is missing"))
+        else:
+            raise WrcError(f"{what}: {absent[1]} (listed in split {name}) does not exist")
+    return Split(name, tuple(present), tuple(missing))
 
 
-def voc(root: Path) -> ProbeData:
+def voc(root: Path, *, lenient: bool = False) -> ProbeData:
     base = find_base(root, ["", "VOC2012", "VOCdevkit/VOC2012"], "ImageSets/Segmentation", "Pascal VOC 2012",
                  "VOC2012/ with JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/{train,val}.txt")
 
     def split(name: str) -> Split:
         ids = read_lines(base / "ImageSets/Segmentation" / f"{name}.txt")
         return _checked(name, [LabelSample(i, str(base / "JPEGImages" / f"{i}.jpg"), str(base / "SegmentationClass" / f"{i}.png"))
-                               for i in ids], "Pascal VOC")
+                               for i in ids], "Pascal VOC", lenient)
 
-    return ProbeData("voc", base, split("train"), split("val"), VOC_CLASSES)
+    has_train = (base / "ImageSets/Segmentation/train.txt").is_file()
+    train = split("train") if has_train or not lenient else Split("train", ())
+    return ProbeData("voc", base, train, split("val"), VOC_CLASSES)
 
 
-def ade20k(root: Path) -> ProbeData:
+def ade20k(root: Path, *, lenient: bool = False) -> ProbeData:
     base = find_base(root, ["", "ADEChallengeData2016"], "annotations/training", "ADE20K",
                  "ADEChallengeData2016/ with images/{training,validation}/ and annotations/{training,validation}/")
 
     def split(name: str) -> Split:
         images = sorted(p for p in (base / "images" / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        return _checked(name, [LabelSample(p.stem, str(p), str(base / "annotations" / name / f"{p.stem}.png")) for p in images], "ADE20K")
+        return _checked(name, [LabelSample(p.stem, str(p), str(base / "annotations" / name / f"{p.stem}.png")) for p in images], "ADE20K", lenient)
 
     return ProbeData("ade20k", base, split("training"), split("validation"), _ade_classes(base))
 
@@ -255,7 +273,7 @@ def _ade_classes(base: Path) -> tuple[str, ...]:
     return ("other", *(f"class {i}" for i in range(1, 151)))
 
 
-def cityscapes(root: Path) -> ProbeData:
+def cityscapes(root: Path, *, lenient: bool = False) -> ProbeData:
     base = find_base(root, ["", "cityscapes"], "gtFine", "Cityscapes",
                  "leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and gtFine/{train,val}/<city>/*_gtFine_labelIds.png")
 
@@ -266,12 +284,12 @@ def cityscapes(root: Path) -> ProbeData:
             stem = p.name.removesuffix("_leftImg8bit.png")
             label = base / "gtFine" / name / p.parent.name / f"{stem}_gtFine_labelIds.png"
             samples.append(LabelSample(stem, str(p), str(label), CITYSCAPES_LUT))
-        return _checked(name, samples, "Cityscapes")
+        return _checked(name, samples, "Cityscapes", lenient)
 
     return ProbeData("cityscapes", base, split("train"), split("val"), CITYSCAPES_CLASSES)
 
 
-def coco27(root: Path, list_name: str = "Coco164kFull_Stuff_Coarse.txt") -> ProbeData:
+def coco27(root: Path, list_name: str = "Coco164kFull_Stuff_Coarse.txt", *, lenient: bool = False) -> ProbeData:
     base = find_base(root, ["", "cocostuff"], "curated", "COCO-Stuff-27",
                  f"cocostuff/ with curated/{{train2017,val2017}}/{list_name}, images/<split>/<id>.jpg and annotations/<split>/<id>.png")
 
@@ -280,13 +298,15 @@ def coco27(root: Path, list_name: str = "Coco164kFull_Stuff_Coarse.txt") -> Prob
         if not listing.is_file():
             raise WrcError(f"COCO-Stuff-27: the curated image list {listing} does not exist")
         return _checked(name, [LabelSample(i, str(base / "images" / name / f"{i}.jpg"), str(base / "annotations" / name / f"{i}.png"), COCO27_LUT)
-                               for i in read_lines(listing)], "COCO-Stuff-27")
+                               for i in read_lines(listing)], "COCO-Stuff-27", lenient)
 
     return ProbeData("coco27", base, split("train2017"), split("val2017"), COCO27_CLASSES, notes={"list": list_name})
 
 
-def paired_split(root: Path, target_dir: str, suffixes: Sequence[str], split: str, make: Callable[[str, str, str], Sample], what: str) -> Split:
-    """Images of ``images/<split>/`` paired by stem with ``<target_dir>/<split>/<stem><suffix>``."""
+def paired_split(root: Path, target_dir: str, suffixes: Sequence[str], split: str, make: Callable[[str, str, str], Sample],
+                 what: str, lenient: bool = False) -> Split:
+    """Images of ``images/<split>/`` paired by stem with ``<target_dir>/<split>/<stem><suffix>`` (``lenient``: see
+    :func:`_checked`)."""
     folder = root / "images" / split
     if not folder.is_dir():
         raise WrcError(f"{what}: {folder} does not exist (expected images/{{train,val}}/ and {target_dir}/{{train,val}}/)")
@@ -295,10 +315,10 @@ def paired_split(root: Path, target_dir: str, suffixes: Sequence[str], split: st
         found = [root / target_dir / split / f"{p.stem}{s}" for s in suffixes]
         target = next((t for t in found if t.is_file()), found[0])
         samples.append(make(p.stem, str(p), str(target)))
-    return _checked(split, samples, what)
+    return _checked(split, samples, what, lenient)
 
 
-def generic_seg(root: Path) -> ProbeData:
+def generic_seg(root: Path, *, lenient: bool = False) -> ProbeData:
     classes_file = root / "classes.txt"
     if not classes_file.is_file():
         if not root.exists():
@@ -307,7 +327,8 @@ def generic_seg(root: Path) -> ProbeData:
     classes = tuple(read_lines(classes_file))
     if not 1 <= len(classes) <= 255:
         raise WrcError(f"{classes_file} must name 1 to 255 classes (one per line), found {len(classes)}")
-    train, val = (paired_split(root, "masks", [".png"], name, LabelSample, "generic segmentation") for name in ("train", "val"))
+    train, val = (paired_split(root, "masks", [".png"], name, LabelSample, "generic segmentation", lenient)
+                  for name in ("train", "val"))
     return ProbeData("generic", root, train, val, classes)
 
 
@@ -352,7 +373,7 @@ def generic_depth(root: Path, scale: float = 1000.0) -> ProbeData:
     return ProbeData("generic", root, train, val, ignore_index=None, notes={"depth_scale": scale})
 
 
-SEG_READERS: dict[str, Callable[[Path], ProbeData]] = {
+SEG_READERS: dict[str, Callable[..., ProbeData]] = {  # (root, *, lenient=False)
     "voc": voc, "ade20k": ade20k, "cityscapes": cityscapes, "coco27": coco27, "generic": generic_seg,
 }
 _SEG_MARKERS = {
@@ -361,8 +382,9 @@ _SEG_MARKERS = {
 }
 
 
-def open_seg(kind: str, root: str | os.PathLike) -> ProbeData:
-    """The segmentation dataset ``kind`` (or ``auto``: the first layout found) at ``root``."""
+def open_seg(kind: str, root: str | os.PathLike, lenient: bool = False) -> ProbeData:
+    """The segmentation dataset ``kind`` (or ``auto``: the first layout found) at ``root``; ``lenient`` lists the
+    samples missing a file in ``Split.missing`` instead of refusing (see the module docstring)."""
     root = Path(root)
     if kind == "auto":
         kind = next((k for k, marks in _SEG_MARKERS.items() if any((root / m).exists() for m in marks)), "")
@@ -373,7 +395,7 @@ def open_seg(kind: str, root: str | os.PathLike) -> ProbeData:
                            "cocostuff curated lists, or classes.txt + images/ + masks/); pass --dataset")
     if kind not in SEG_READERS:
         raise WrcError(f"unknown segmentation dataset {kind!r}; use one of auto, {', '.join(SEG_READERS)}")
-    return SEG_READERS[kind](root)
+    return SEG_READERS[kind](root, lenient=lenient)
 
 
 def open_depth(kind: str, root: str | os.PathLike, scale: float = 1000.0) -> ProbeData:

@@ -48,8 +48,10 @@ dataset section gives ``feature_seconds_per_image``).
 
 Metrics: one confusion matrix over the split at the labels' resolution, ignore 255 (:mod:`wrcli.eval.metrics`):
 mIoU over the classes present in labels or predictions, aAcc = pixel accuracy, both in %; IoU per class.
-A sample that cannot be read, whose label map does not match its image or holds values outside the class list
-is left out with a one-line reason in the report (``dataset.skipped``); the run goes on.
+A listed sample whose image or label file is missing, that cannot be read, whose label map does not match its
+image or holds values outside the class list is left out with a one-line reason in the report
+(``dataset.skipped``); the run goes on (``images`` = ``evaluated`` + skipped; ``limit`` counts the samples whose
+files exist). Only the val split is read: a VOC root needs no ``train.txt``.
 
 Class lists (``--classes``, see :mod:`wrcli.eval.clip`) and labels: ``voc21`` on VOC as stored; ``voc20`` on VOC
 and ``ade150`` on ADE20K drop label 0 (0 → 255, k → k − 1, mmseg's ``reduce_zero_label``); ``cocostuff171`` and
@@ -274,21 +276,22 @@ def coco_stuff(root: Path) -> ProbeData:
     fine ids 0..181, 255 unlabelled); only the val split is read."""
     if not (root / "images" / "val2017").is_dir():
         raise WrcError(f"{root} is not a COCO-Stuff-164k folder: expected images/val2017/ and annotations/val2017/")
-    val = datasets.paired_split(root, "annotations", [".png"], "val2017", LabelSample, "COCO-Stuff-164k")
+    val = datasets.paired_split(root, "annotations", [".png"], "val2017", LabelSample, "COCO-Stuff-164k", lenient=True)
     names = tuple(f"fine {i}" for i in range(182))
     return ProbeData("cocostuff", root, val, val, names)
 
 
 def open_ovseg_data(kind: str, root: str | os.PathLike) -> ProbeData:
     """The dataset ``kind`` (:data:`DATASETS`; ``auto``: COCO-Stuff-164k when ``images/val2017`` and
-    ``annotations/val2017`` exist, else :func:`~wrcli.eval.datasets.open_seg`'s detection)."""
+    ``annotations/val2017`` exist, else :func:`~wrcli.eval.datasets.open_seg`'s detection), listed leniently:
+    the samples missing a file are in ``val.missing``."""
     root = Path(root)
     if kind not in DATASETS:
         raise WrcError(f"--dataset must be one of {', '.join(DATASETS)}, got {kind!r}")
     if kind == "cocostuff" or (kind == "auto" and (root / "images/val2017").is_dir()
                                and (root / "annotations/val2017").is_dir()):
         return coco_stuff(root)
-    return open_seg(kind, root)
+    return open_seg(kind, root, lenient=True)
 
 
 def label_map(dataset: str, classes: ClassList, data_classes: int) -> tuple[int, ...] | None:
@@ -345,6 +348,7 @@ class OvsegTask:
         self.lut: tuple[int, ...] | None = None
         self.preset = OTHER_PRESET
         self.samples: tuple[Sample, ...] = ()
+        self.missing: list[dict[str, str]] = []  # listed samples lacking a file
         self.skipped: list[dict[str, str]] = []
         self.evaluated = 0
         self.feature_seconds = 0.0
@@ -365,6 +369,13 @@ class OvsegTask:
         check_clip_model(self.clip_model, self.clip_weights)
         self.data, self.class_list = data, classes
         self.samples = data.val.samples[:self.limit] if self.limit else data.val.samples
+        self.missing = [{"image": name, "reason": reason} for name, reason in data.val.missing]
+        if self.missing:
+            log.warning("%d listed images of split %s lack a file and are skipped (first: %s)", len(self.missing),
+                        data.val.name, self.missing[0]["reason"])
+        if not self.samples:
+            raise WrcError(f"no image of split {data.val.name} can be evaluated: each of the {len(self.missing)} listed "
+                           f"lacks a file (first: {self.missing[0]['reason']})")
 
     # 2. per-image features
     @contextmanager
@@ -392,7 +403,7 @@ class OvsegTask:
         seconds = dict.fromkeys(session.upsamplers, 0.0)
         owner = torch.tensor(classes.query_class)
         bar = bars(len(self.samples), f"eval ovseg {self.method}")
-        self.skipped, self.evaluated, self.feature_seconds = [], 0, 0.0
+        self.skipped, self.evaluated, self.feature_seconds = list(self.missing), 0, 0.0
         for index, sample in enumerate(self.samples):
             try:
                 began = time.monotonic()
@@ -449,8 +460,9 @@ class OvsegTask:
 
     def dataset(self) -> dict[str, Any]:
         data = self._data()
-        return {"kind": data.name, "path": str(self.path), "split": data.val.name, "images": len(self.samples),
-                "evaluated": self.evaluated, "limit": self.limit, "skipped": self.skipped,
+        return {"kind": data.name, "path": str(self.path), "split": data.val.name,
+                "images": len(self.samples) + len(self.missing), "evaluated": self.evaluated, "limit": self.limit,
+                "skipped": self.skipped,
                 "feature_seconds_per_image": round(self.feature_seconds / max(self.evaluated, 1), 3)}
 
     def _data(self) -> ProbeData:
