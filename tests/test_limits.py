@@ -116,13 +116,21 @@ def _blocked_reading_stdin(pid: int) -> bool:
         return False
 
 
+def _signals_as_in_a_terminal() -> None:
+    """In the child: SIGINT and SIGTERM at their defaults (a background or nohup run of the suite ignores SIGINT,
+    and an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not Path("/proc/self/syscall").exists(), reason="needs Linux /proc/PID/syscall")
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_prints_one_line_and_exits_with_its_code(tmp_path, vits_weights, sig, code, word):
     wrc = Path(sys.executable).with_name("wrc")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [str(wrc), "extract", "-", str(tmp_path / "out.zarr"), "--backbone-weights", str(vits_weights)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=_signals_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 120
         while not _blocked_reading_stdin(proc.pid):  # waiting for paths on stdin: the command is running
