@@ -459,20 +459,19 @@ def short_davis(root: Path, frames: int) -> Path:
 
 @pytest.mark.slow
 def test_real_davis_bilinear_and_wrc_far_above_chance(tmp_path, dinov2_weights):
-    """5 DAVIS-2016 sequences, their first 8 frames (6 scored), 448 ×2, CPU (2-core EPYC, 6 min). Measured:
-    J&F bilinear 76.05 (J 77.37, F 74.74), shipped WRC 79.36 (J 79.99, F 78.73). An empty prediction scores
-    J = F = 0; the bar is far above that, and neither upsampler is required to win."""
+    """5 DAVIS-2016 sequences, their first 8 frames (6 scored), 224 ×2 (448 ×2 takes minutes here), CPU. Measured
+    (2026-12-04, 2-core EPYC): J&F bilinear 62.96, shipped WRC 67.78 (at 448 ×2: 76.05 and 79.36). An empty
+    prediction scores J = F = 0; the bar is far above that, and neither upsampler is required to win."""
     from wrcli.checkpoints import shipped_checkpoint
 
     if not DAVIS.is_dir():
         pytest.skip(f"DAVIS sequences not found at {DAVIS}")
     ups = "bilinear,wrc" if shipped_checkpoint("wrc", ARCH) is not None else "bilinear"
     report = run_vos(str(short_davis(tmp_path / "davis", 8)), upsamplers=ups, backbone=f"{ARCH}.lvd142m",
-                     backbone_weights=str(dinov2_weights), device="cpu", progress=False)
+                     backbone_weights=str(dinov2_weights), device="cpu", progress=False, imsize=224)
     assert report["dataset"]["sequences"] == 5 and report["dataset"]["scored_frames"] == 30
     for label, row in report["results"].items():
-        print(label, {k: round(v, 2) for k, v in row.items()})
-        assert row["J&F"] > 60, (label, row)
+        assert row["J&F"] > 50, (label, row)
         assert all(s["J&F"] > 30 for s in report["sequences"][label].values()), label
 
 
