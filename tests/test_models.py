@@ -319,9 +319,9 @@ def test_learned_upsample_passes_and_guidance_resize():
     seen = []
     real_forward = m.forward
 
-    def spy(features, image):
+    def spy(features, image, **options):
         seen.append((tuple(features.shape[-2:]), tuple(image.shape[-2:])))
-        return real_forward(features, image)
+        return real_forward(features, image, **options)
 
     m.forward = spy
     feats, img = inputs(1, C, 3, 4)

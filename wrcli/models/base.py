@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from wrcli.errors import WrcError
 
+from . import memory
 from .blocks import fold_batchnorm
 from .memory import check_memory
 
@@ -62,11 +63,14 @@ class Upsampler(nn.Module):
         guided: whether ``forward`` needs the (normalised) backbone input image.
         learned: whether it has trainable parameters (an uncheckpointed one is untrained).
         channel_agnostic: whether any channel count is accepted (interpolations).
+        tile_sizes: the output tile sides a pass can run in, largest first (``forward(..., tile=T)`` and
+            ``pass_elements(..., tile=T)`` accept them; empty: ``forward`` runs in one piece).
 
     ``forward(features, image)`` is one native pass; ``upsample(...)`` is the public call.
     """
 
     name: str = "upsampler"
+    tile_sizes: tuple[int, ...] = ()
     native_scale: int | None = 2
     guided: bool = False
     learned: bool = True
@@ -185,23 +189,35 @@ class Upsampler(nn.Module):
 
     def pass_elements(self, batch: int, hw: tuple[int, int], guide_hw: tuple[int, int] | None) -> int:
         """An upper bound on the elements of the largest tensor one native pass on a (batch, C, h, w) grid holds
-        (``guide_hw``: the guidance image's size): here its output, B·C·(s·h)·(s·w)."""
+        (``guide_hw``: the guidance image's size): here its output, B·C·(s·h)·(s·w). Models with
+        ``tile_sizes`` take ``tile`` too and bound everything the pass holds at once."""
         s = self.native_scale or 1
         return batch * (self.channels or 1) * s * hw[0] * s * hw[1]
 
-    def peak_bytes(self, features: Tensor, image: Tensor | None, target: tuple[int, int]) -> int:
-        """An over-estimate of the bytes of the largest tensor ``upsample`` to ``target`` allocates: the largest
-        of its passes' (:meth:`pass_elements`) and of the final B·C·H·W, at ≥ 4 bytes an element (the solve
-        runs in float32). Pure arithmetic on the shapes: nothing is allocated."""
+    def peak_bytes(self, features: Tensor, image: Tensor | None, target: tuple[int, int], tile: int | None = None) -> int:
+        """An over-estimate of the bytes ``upsample`` to ``target`` needs at once, its passes run in ``tile``
+        tiles (None: in one piece): the largest of its passes' (:meth:`pass_elements`) and of the final
+        B·C·H·W, at ≥ 4 bytes an element (the solve runs in float32). Pure arithmetic on the shapes: nothing
+        is allocated."""
         b, c, h, w = features.shape
         guide = (int(image.shape[-2]), int(image.shape[-1])) if self.guided and image is not None else None
-        largest = b * c * target[0] * target[1]
+        largest, tiles = b * c * target[0] * target[1], {} if tile is None else {"tile": tile}
         for hw, guide_hw in self.passes((int(h), int(w)), guide, target):
-            largest = max(largest, self.pass_elements(b, hw, guide_hw))
+            largest = max(largest, self.pass_elements(b, hw, guide_hw, **tiles))
         return largest * max(4, features.element_size())
 
+    def plan_tile(self, features: Tensor, image: Tensor | None, target: tuple[int, int], budget: int | None) -> int | None:
+        """The tile side the passes run in: the largest of ``tile_sizes`` whose :meth:`peak_bytes` fits in
+        ``budget`` bytes (None: no limit), else the smallest; None for a model without tiles or in training
+        (BatchNorm's batch statistics span the whole map)."""
+        if not self.tile_sizes or self.training:
+            return None
+        fits = [t for t in self.tile_sizes if budget is None or self.peak_bytes(features, image, target, t) <= budget]
+        return fits[0] if fits else self.tile_sizes[-1]
+
     def upsample(
-        self, features: Tensor, image: Tensor | None = None, *, scale: float | None = None, size: Any = None
+        self, features: Tensor, image: Tensor | None = None, *, scale: float | None = None, size: Any = None,
+        max_memory: int | None = None,
     ) -> Tensor:
         """Upsample (B,C,h,w) features by ``scale`` (×2, ×4, ×8, any real ≥ 1) or to ``size`` (h, w).
 
@@ -209,19 +225,24 @@ class Upsampler(nn.Module):
         bilinearly enlarged ×s before every pass after the first, like the authors' iterative helper),
         then one bilinear resize (antialiased when shrinking) to the exact size. A target no larger
         than the input takes no pass. Interpolations go to the size in one step.
-        A target whose largest tensor (:meth:`peak_bytes`) exceeds the device's free memory is refused up
-        front with a WrcError (:func:`wrcli.models.memory.check_memory`). Returns the features' dtype.
+        Memory: the budget is ``max_memory`` bytes, capped by the device's free memory
+        (:func:`wrcli.models.memory.available_bytes`); models with ``tile_sizes`` run their passes in the
+        largest tiles that fit it (:meth:`plan_tile`), with the same outputs to float rounding. A target whose
+        estimate (:meth:`peak_bytes`) exceeds the budget even so is refused up front with a WrcError
+        (:func:`wrcli.models.memory.check_memory`). Returns the features' dtype.
         """
         self.check_inputs(features, image)
         target = self.target_size(tuple(features.shape[-2:]), scale, size)
+        budget = min((b for b in (memory.available_bytes(features.device), max_memory) if b is not None), default=None)
+        tile = self.plan_tile(features, image, target, budget)
         check_memory(f"upsampling features {tuple(features.shape)} to {target[0]}×{target[1]}",
-                     self.peak_bytes(features, image, target), features.device)
+                     self.peak_bytes(features, image, target, tile), features.device, max_memory)
         x, guide = features, image if self.guided else None
         plan = self.passes(tuple(x.shape[-2:]), None if guide is None else tuple(guide.shape[-2:]), target)
         for _, guide_hw in plan:
             if guide is not None and tuple(guide.shape[-2:]) != guide_hw:
                 guide = F.interpolate(guide, size=guide_hw, mode="bilinear", align_corners=False)
-            x = self(x, guide)
+            x = self(x, guide) if tile is None else self(x, guide, tile=tile)
         if tuple(x.shape[-2:]) != target:
             x = resize(x, target, getattr(self, "mode", "bilinear") if self.native_scale is None else "bilinear")
         return x

@@ -67,11 +67,16 @@ def format_bytes(n: int) -> str:
     return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
 
 
-def check_memory(what: str, estimate: int, device: torch.device) -> None:
-    """Raise a one-line WrcError when ``estimate`` bytes (the largest tensor ``what`` needs) exceed what
-    ``device`` can still allocate."""
+def check_memory(what: str, estimate: int, device: torch.device, max_memory: int | None = None) -> None:
+    """Raise a one-line WrcError when ``estimate`` bytes (what ``what`` needs at once) exceed what ``device`` can
+    still allocate, or the ``max_memory`` bytes allowed."""
     limit = available_bytes(device)
-    log.debug("%s: largest tensor about %d bytes, %s available", what, estimate, limit)
+    log.debug("%s: about %d bytes at once, %s available, %s allowed", what, estimate, limit, max_memory)
+    if max_memory is not None and estimate > max_memory and (limit is None or max_memory <= limit):
+        raise WrcError(
+            f"{what} needs about {format_bytes(estimate)} at once (estimate), more than the {format_bytes(max_memory)} "
+            f"allowed (max_memory); ask for a smaller output size or batch, or allow more"
+        )
     if limit is not None and estimate > limit:
         raise WrcError(
             f"{what} needs a tensor of about {format_bytes(estimate)} (estimate), more than the {format_bytes(limit)} "

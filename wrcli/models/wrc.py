@@ -9,7 +9,17 @@ from torch import Tensor, nn
 from wrcli.ops.interpolate import bilinear
 
 from .base import Upsampler
-from .blocks import Bottleneck, ConvNorm, bottlenecks, conv1x1
+from .blocks import (
+    Bottleneck,
+    ConvNorm,
+    Geometry,
+    bottlenecks,
+    conv1x1,
+    geometry,
+    out_length,
+    receptive,
+    tiled,
+)
 
 SOLVERS = ("official", "exact", "converse")
 CENTRES = ("image", "kernel")
@@ -54,7 +64,8 @@ class WRCLayer(nn.Module):
             self.w_conv_low = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
             self.w_conv_high = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
 
-    def forward(self, y: Tensor) -> Tensor:
+    def forward(self, y: Tensor, chunk: int | None = None) -> Tensor:
+        """``chunk``: solve that many channels at a time (see :func:`wrcli.ops.wrc_layer`; Converse2D: ignored)."""
         from wrcli.ops import converse_layer, wrc_layer
 
         kernel, bias = self.weight[0], self.bias.view(-1)
@@ -64,7 +75,7 @@ class WRCLayer(nn.Module):
             )
         return wrc_layer(
             y, kernel, bias, self.w_conv_low.weight, self.w_conv_high.weight, scale=self.scale,
-            padding=self.padding, eps=self.eps, solver=self.solver, centre=self.centre,
+            padding=self.padding, eps=self.eps, solver=self.solver, centre=self.centre, chunk=chunk,
         )
 
     def extra_repr(self) -> str:
@@ -95,6 +106,7 @@ class WRCUpsampler(Upsampler):
     """
 
     guided = True
+    tile_sizes = (64, 32, 16)  # below 16 the halo costs more than the tile saves: the kept tensors dominate
 
     def __init__(
         self,
@@ -137,16 +149,46 @@ class WRCUpsampler(Upsampler):
     def centre(self) -> str | None:
         return self.wrc.centre
 
-    def pass_elements(self, batch: int, hw: tuple[int, int], guide_hw: tuple[int, int] | None) -> int:
-        """The largest of: the image branch at the guidance size, B·G·H·W (or at (4h, 4w)); the WRC layer's
-        complex spectra on its padded ×s grid, B·M·2·s(h+2p)·s(w+2p); the refine input plus the output,
-        B·(M+G+C)·sh·sw."""
-        (h, w), (gh, gw) = hw, guide_hw or (0, 0)
-        s, p = self.wrc.scale, self.wrc.padding
-        m, g = self.mid_channels, self.guidance_channels
-        image = g * max(gh * gw, 16 * h * w)
-        spectra = 2 * m * s * (h + 2 * p) * s * (w + 2 * p)
-        return batch * max(image, spectra, (m + g + self.channels) * s * h * s * w)
+    def pass_elements(
+        self, batch: int, hw: tuple[int, int], guide_hw: tuple[int, int] | None, tile: int | None = None
+    ) -> int:
+        """An over-estimate of the elements one pass holds at once: every tensor that outlives its stage (the
+        input B·C·h·w, the guidance B·3·H·W, the image branch's output at H/4·W/4, g1 on (4h,4w) and (2h,2w), the
+        WRC layer's output, refine's input and the output), plus the largest stage's intermediates: the image
+        branch ~3·G·(its input: the guidance, or one tile's window of 4T + field pixels a side), the WRC
+        solve: x0 M·s(h+2p)·s(w+2p) and ~16 maps of that size per channel solved at once (:meth:`layer_chunk`;
+        the solve is global, so it is chunked over channels, never tiled), refine + head ~3·(M+G+C)·(2h·2w, or a
+        tile's window of T + field a side)."""
+        (h, w), s, p = hw, self.wrc.scale, self.wrc.padding
+        c, m, g = self.channels, self.mid_channels, self.guidance_channels
+        image_layers = self._image_layers()
+        (ki, si, _), (kr, _, _) = receptive(image_layers), receptive(self._refine_layers())
+        gh, gw = guide_hw or (2 * s * h, 2 * s * w)
+        high = s * h * s * w
+        kept = c * h * w + 3 * gh * gw + g * out_length(image_layers, gh) * out_length(image_layers, gw)
+        kept += g * 5 * high + (2 * m + g + c) * high
+        win_i, win_r = (max(gh, gw), max(s * h, s * w)) if tile is None else (si * tile + ki, tile + kr)
+        image = 3 * g * min(gh, win_i) * min(gw, win_i)
+        refine = 3 * (m + g + c) * min(s * h, win_r) * min(s * w, win_r)
+        padded = s * (h + 2 * p) * s * (w + 2 * p)
+        solve = (m + 16 * min(m, self.layer_chunk(hw, tile) or m)) * padded
+        return batch * (kept + max(image, solve, refine))
+
+    def layer_chunk(self, hw: tuple[int, int], tile: int | None) -> int | None:
+        """Channels the WRC layer solves at once in a pass on ``hw`` tiled by ``tile``: as many as hold about the
+        elements of one refine tile's window, (M+G+C)·(T + field)², in their s(h+2p)·s(w+2p) maps, at least one;
+        None (all) untiled."""
+        if tile is None:
+            return None
+        (h, w), s, p = hw, self.wrc.scale, self.wrc.padding
+        window = (self.mid_channels + self.guidance_channels + self.channels) * (tile + receptive(self._refine_layers())[0]) ** 2
+        return max(1, window // (s * (h + 2 * p) * s * (w + 2 * p)))
+
+    def _image_layers(self) -> list[Geometry]:
+        return geometry(self.image_stem) + geometry(self.image_branch1)
+
+    def _refine_layers(self) -> list[Geometry]:
+        return geometry(self.refine) + geometry(self.head)
 
     @staticmethod
     def to_double_grid(g: Tensor, h: int, w: int) -> Tensor:
@@ -157,17 +199,24 @@ class WRCUpsampler(Upsampler):
             g = bilinear(g, (4 * h, 4 * w), align_corners=False)
         return F.max_pool2d(g, 2)
 
-    def forward(self, features: Tensor, image: Tensor | None = None) -> Tensor:
+    def forward(self, features: Tensor, image: Tensor | None = None, tile: int | None = None) -> Tensor:
+        """One ×2 pass; ``tile``: run the image branch (at the guidance size) and refine + head in tiles of
+        ``tile``×``tile`` output pixels (:func:`wrcli.models.blocks.tiled`: the same outputs to float rounding,
+        in eval mode only, where BatchNorm has no batch statistics); None: in one piece."""
         if image is None:
             raise ValueError(f"upsampler '{self.name}' is image-guided: pass the backbone's input image")
+        if tile is not None and self.training:
+            raise ValueError("tiles need eval mode: in training BatchNorm normalises with statistics over the whole map")
         dtype = self.head.weight.dtype
         x, img = features.to(dtype), image.to(dtype)
         h, w = x.shape[-2:]
-        g1 = self.to_double_grid(self.image_branch1(self.image_stem(img)), h, w)
+        g = tiled(lambda t: self.image_branch1(self.image_stem(t)), img, self._image_layers(), tile)
+        g1 = self.to_double_grid(g, h, w)
+        del g
         g2 = self.image_branch2(g1)
         x = self.fuse(torch.cat([x, g2], dim=1))
-        x = self.wrc(x)
-        x = self.head(self.refine(torch.cat([x, g1], dim=1)))
+        x = torch.cat([self.wrc(x, chunk=self.layer_chunk((h, w), tile)), g1], dim=1)
+        x = tiled(lambda t: self.head(self.refine(t)), x, self._refine_layers(), tile)
         if self.skip:
             x = x + bilinear(features.to(dtype), (2 * h, 2 * w), align_corners=False)
         return x.to(features.dtype)

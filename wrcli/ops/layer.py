@@ -43,6 +43,7 @@ def _crop(x: Tensor, margin: int) -> Tensor:
 def wrc_layer(
     y: Tensor, kernel: Tensor, bias: Tensor, conv_low: Tensor, conv_high: Tensor, *, scale: int = 2,
     padding: int = 2, eps: float = 1e-5, solver: Solver = "official", centre: Centre | None = None,
+    chunk: int | None = None,
 ) -> Tensor:
     """Weighted Reverse Convolution, ×``scale``: (B,C,h,w) → (B,C,s·h,s·w).
 
@@ -53,19 +54,27 @@ def wrc_layer(
     ``solver="official"`` reproduces the published layer (kernel rolled by half the image unless
     ``centre="kernel"``); ``"exact"`` minimises the same objective exactly (kernel ≤ scale).
     kernel (C,kh,kw), bias (C,), conv_low/conv_high (C,C,3,3). Runs in float32, returns y's dtype.
+    ``chunk``: solve ``chunk`` output channels at a time (None: all at once). Exact: both solves are per channel
+    (depthwise kernel, per-channel λ) and output channel c of each weight map reads all of y_p or x0 either way;
+    only the weight convolutions' summation order may change with their output width (float rounding).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
-    dtype = compute_dtype(y)
+    dtype, channels = compute_dtype(y), y.shape[1]
+    step = channels if chunk is None else max(1, chunk)
     with full_precision(y.device):
         yp, kernel, bias, conv_low, conv_high = upcast(dtype, _pad(y, padding, "circular"), kernel, bias, conv_low, conv_high)
         x0 = bilinear(yp, scale_factor=scale, align_corners=True)
         lam = F.softplus(bias) + eps
-        x = SOLVERS[solver](
-            yp, x0, weight_map(yp, conv_low), weight_map(x0, conv_high), kernel, lam, scale=scale,
-            centre=centre or DEFAULT_CENTRE[solver],
-        )
-    return _crop(x, padding * scale).to(y.dtype)
+        parts = []
+        for start in range(0, channels, step):
+            c = slice(start, start + step)
+            x = SOLVERS[solver](
+                yp[:, c], x0[:, c], weight_map(yp, conv_low[c]), weight_map(x0, conv_high[c]), kernel[c], lam[c],
+                scale=scale, centre=centre or DEFAULT_CENTRE[solver],
+            )
+            parts.append(_crop(x, padding * scale).to(y.dtype))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def converse_layer(
