@@ -52,7 +52,9 @@ def error_line(err: str) -> str:
 
 
 def base_args(weights: Path, *extra: str) -> list[str]:
-    return ["--backbone", ARCH, "--backbone-weights", str(weights), "--size", "56", "--workers", "0", *extra]
+    """Quick settings, at ``--precision fp32``: the tests compare stores with fp32 computations bit for bit."""
+    return ["--backbone", ARCH, "--backbone-weights", str(weights), "--size", "56", "--workers", "0",
+            "--precision", "fp32", *extra]
 
 
 def read_all(path: Path) -> tuple[list, dict[str, np.ndarray]]:

@@ -248,6 +248,6 @@ def test_the_other_ranks_of_a_rerun_of_a_finished_store_wait_for_no_lease(tmp_pa
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     opts = extract.ExtractOptions(backbone=ARCH, backbone_weights=str(vits_weights), upsampler="nearest", size=56,
-                                  workers=0, shard_size=2, wait_timeout=1.0)
+                                  workers=0, shard_size=2, wait_timeout=1.0, precision="fp32")  # as base_args
     assert extract.extract(str(src), str(out), opts, progress=False) == {
         "rank": 1, "ok": 0, "failed": 0, "processed": 0, "seconds": 0.0, "images_per_s": 0.0}

@@ -13,7 +13,9 @@ Cases (B = batch, S = ``size``, p = patch, (h, w) = (S/p, S/p) the token grid, C
 - ``fft``: one ``torch.fft.rfft2`` + ``irfft2`` pair on the solve's float32 x0, the reference of the solves.
 - ``pipeline``: backbone and upsampler together, as ``wrc extract`` runs them.
 
-``bf16`` runs the backbone and upsamplers under ``torch.autocast(dtype=torch.bfloat16)``. Forward passes run
+``bf16`` runs the backbone and upsamplers under ``torch.autocast(dtype=torch.bfloat16)``
+(:func:`wrcli.precision.autocast`, as every command's ``--precision bf16``); ``auto`` in ``--precision`` is what
+the other commands' ``--precision auto`` picks on this device (``settings.precision_auto``). Forward passes run
 under ``torch.inference_mode()``. Each measurement is ``warmup`` untimed calls then ``repeats`` timed ones,
 the CUDA device synchronised before and after each.
 
@@ -39,7 +41,7 @@ import re
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
 
@@ -51,6 +53,7 @@ from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER
 from wrcli.errors import WrcError
 from wrcli.models.wrc import WRCUpsampler
 from wrcli.ops.backend import BACKENDS
+from wrcli.precision import autocast, resolve_precision
 from wrcli.session import Session
 
 CASES = ("backbone", "upsampler", "solve", "fft", "pipeline")
@@ -133,7 +136,7 @@ def make_plan(opts: BenchOptions) -> Plan:
     return Plan(
         cases=parse_choices(opts.cases, CASES, "--cases"),
         batches=parse_batches(opts.batches),
-        precisions=parse_choices(opts.precisions, PRECISIONS, "--precision"),
+        precisions=parse_choices(opts.precisions, (*PRECISIONS, "auto"), "--precision"),
         backends=parse_choices(opts.backends, BACKENDS, "--backend"),
     )
 
@@ -246,11 +249,11 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
         result.update(scope="process RSS, since start", peak_mib=peak / 1024, rise_mib=None)
 
 
-def measure(fn: Callable[[], object], device: torch.device, bf16: bool, warmup: int,
+def measure(fn: Callable[[], object], device: torch.device, precision: str, warmup: int,
             repeats: int) -> tuple[list[float], dict[str, Any]]:
-    """Times (ms) and memory of ``fn`` under inference mode, with bfloat16 autocast when ``bf16``."""
+    """Times (ms) and memory of ``fn`` under inference mode, at ``precision`` (fp32, or bf16: bfloat16 autocast)."""
     with peak_memory(device) as memory, torch.inference_mode():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, precision):
             times = time_call(fn, device, warmup, repeats)
     return times, memory
 
@@ -330,8 +333,8 @@ class Bench:
         self.grid = (opts.size // backbone.patch_size,) * 2
         self.solve_channels = opts.solve_channels or WRCUpsampler.layer_channels(backbone.embed_dim)
 
-    def _measure(self, fn: Callable[[], object], bf16: bool) -> tuple[list[float], dict[str, Any]]:
-        return measure(fn, self.device, bf16, self.opts.warmup, self.opts.repeats)
+    def _measure(self, fn: Callable[[], object], precision: str) -> tuple[list[float], dict[str, Any]]:
+        return measure(fn, self.device, precision, self.opts.warmup, self.opts.repeats)
 
     def _solve_backend(self, model: Any) -> str | None:
         """The backend the upsampler's own solve runs on (automatic choice), None for one without a solve."""
@@ -343,19 +346,18 @@ class Bench:
         for batch in self.plan.batches:
             x = pixels(batch, self.opts.size, self.device)
             for precision in self.plan.precisions:
-                times, memory = self._measure(lambda: self.bb(self.bb.normalize(x)), precision == "bf16")
+                times, memory = self._measure(lambda: self.bb(self.bb.normalize(x)), precision)
                 yield _row("backbone", self.bb.name, batch, precision, None, times, memory)
 
     def upsampler(self) -> Iterator[dict[str, Any]]:
         for batch in self.plan.batches:
             for precision in self.plan.precisions:
-                bf16 = precision == "bf16"
-                with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                with torch.inference_mode(), autocast(self.device, precision):
                     images = self.bb.normalize(pixels(batch, self.opts.size, self.device))
                     feats = self.bb(images)
                 for label, model in self.models.items():
                     times, memory = self._measure(
-                        lambda m=model: m.upsample(feats, images, scale=self.opts.scale), bf16)
+                        lambda m=model: m.upsample(feats, images, scale=self.opts.scale), precision)
                     yield _row("upsampler", label, batch, precision, self._solve_backend(model), times, memory)
 
     def pipeline(self) -> Iterator[dict[str, Any]]:
@@ -367,7 +369,7 @@ class Bench:
                         images = self.bb.normalize(x)
                         return m.upsample(self.bb(images), images, scale=self.opts.scale)
 
-                    times, memory = self._measure(run, precision == "bf16")
+                    times, memory = self._measure(run, precision)
                     yield _row("pipeline", label, batch, precision, self._solve_backend(model), times, memory)
 
     def _inputs(self, batch: int, dtype: torch.dtype) -> dict[str, Tensor]:
@@ -385,7 +387,8 @@ class Bench:
                     for backend in self.backends:
                         with use_backend(backend):
                             times, memory = self._measure(
-                                lambda fn=getattr(ops, solver): fn(**args, scale=self.opts.scale), False)
+                                lambda fn=getattr(ops, solver): fn(**args, scale=self.opts.scale),
+                                "fp32")  # no autocast: the inputs carry the precision
                         row = _row("solve", solver, batch, precision, backend, times, memory,
                                    shapes={k: list(v.shape) for k, v in args.items()})
                         yield {**row, "floor": self._floor(compulsory_bytes(args), row["time_ms"]["median"])}
@@ -399,7 +402,7 @@ class Bench:
     def fft(self) -> Iterator[dict[str, Any]]:
         for batch in self.plan.batches:
             x = self._inputs(batch, torch.float32)["x0"]
-            times, memory = self._measure(lambda: torch.fft.irfft2(torch.fft.rfft2(x), s=x.shape[-2:]), False)
+            times, memory = self._measure(lambda: torch.fft.irfft2(torch.fft.rfft2(x), s=x.shape[-2:]), "fp32")
             yield _row("fft", "rfft2+irfft2", batch, "fp32", None, times, memory, shapes={"x": list(x.shape)})
 
 
@@ -498,7 +501,8 @@ def _open(opts: BenchOptions, plan: Plan, log: Callable[[str], None]) -> tuple[S
 def _settings(opts: BenchOptions, plan: Plan, bench: Bench, backends: list[str]) -> dict[str, Any]:
     return {"device": str(bench.device), "backbone": bench.bb.name, "size": opts.size, "scale": opts.scale,
             "grid": list(bench.grid), "solve_channels": bench.solve_channels, "cases": plan.cases,
-            "batches": plan.batches, "precisions": plan.precisions, "backends": backends,
+            "batches": plan.batches, "precisions": plan.precisions,
+            "precision_auto": resolve_precision("auto", bench.device), "backends": backends,
             "upsamplers": list(bench.models), "warmup": opts.warmup, "repeats": opts.repeats}
 
 
@@ -510,6 +514,7 @@ def run_bench(opts: BenchOptions, *, command: str | None = None,
     log = log or (lambda line: None)
     plan = make_plan(opts)
     session, backends, skipped = _open(opts, plan, log)
+    plan = replace(plan, precisions=list(dict.fromkeys(resolve_precision(p, session.device) for p in plan.precisions)))
     env = _environment(session.device, command, load)
     warning = contention(load, env["cpus"], env["cpu_threads"]) if session.device.type == "cpu" else None
     if warning:

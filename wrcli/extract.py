@@ -65,7 +65,8 @@ class ExtractOptions:
     size: int = 448
     crop: bool = False
     max_side: int | None = None
-    dtype: str = "float16"
+    dtype: str = "float16"  # of the stored features
+    precision: str = "auto"  # of the compute (auto, fp32, bf16: wrcli.precision); recorded resolved
     batch_size: int = 8
     workers: int = 2
     device: str = "auto"
@@ -86,8 +87,9 @@ class Extractor:
             raise WrcError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, got {opts.dtype!r}")
         upsampled = opts.scale != 1 or opts.out_size is not None
         session = open_session([opts.upsampler] if upsampled else None, backbone=opts.backbone,
-                               weights=opts.backbone_weights, device=opts.device, layers=opts.layers)
-        self.opts, self.device = opts, session.device
+                               weights=opts.backbone_weights, device=opts.device, precision=opts.precision,
+                               layers=opts.layers)
+        self.opts, self.session, self.device = opts, session, session.device
         self.backbone: Backbone = session.backbone
         self.upsampler: Upsampler | None = next(iter(session.upsamplers.values()), None)
         self.policy = ResizePolicy(size=opts.size, patch=self.backbone.patch_size, crop=opts.crop, max_side=opts.max_side)
@@ -104,7 +106,12 @@ class Extractor:
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (B,3,H,W) on any device → features (B, C, h', w') in the store dtype, on the CPU."""
+        """uint8 (B,3,H,W) on any device → features (B, C, h', w') in the store dtype, on the CPU; computed at
+        the session's precision."""
+        with self.session.autocast():
+            return self._features(pixels)
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
         images = self.backbone.normalize(pixels.to(self.device, non_blocking=True))
         feats = self.backbone(images)
         if self.upsampler is not None:
@@ -130,6 +137,7 @@ class Extractor:
             "resize": self.policy.to_dict(),
             "normalisation": {"mean": list(self.backbone.mean), "std": list(self.backbone.std), "on": "device"},
             "dtype": self.opts.dtype,
+            "precision": self.session.precision,
         }
 
 

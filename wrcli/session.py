@@ -2,12 +2,13 @@
 side by side, named on the command line as ``"bilinear,default,run.safetensors"``.
 
 >>> s = open_session("bilinear,default", backbone="vit_small_patch14_dinov2.lvd142m", weights="dinov2.safetensors")
->>> s.backbone, s.upsamplers["wrc"], s.device
+>>> s.backbone, s.upsamplers["wrc"], s.device, s.precision
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,28 +76,39 @@ def describe_upsampler(model: Upsampler) -> dict[str, Any]:
 
 @dataclass
 class Session:
-    """A command's device, backbone and upsamplers (label → model, in the order they were named)."""
+    """A command's device, backbone and upsamplers (label → model, in the order they were named), and its
+    resolved compute precision (``fp32`` or ``bf16``, :mod:`wrcli.precision`)."""
 
     device: torch.device
     backbone: Backbone
     upsamplers: dict[str, Upsampler] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def describe_upsamplers(self) -> dict[str, dict[str, Any]]:
         return {label: describe_upsampler(m) for label, m in self.upsamplers.items()}
 
+    def autocast(self) -> AbstractContextManager:
+        """The block in which the backbone and upsamplers run at this session's precision."""
+        from wrcli.precision import autocast
+
+        return autocast(self.device, self.precision)
+
 
 def open_session(upsamplers: str | Sequence[str] | None, *, backbone: str = DEFAULT_BACKBONE,
-                 weights: str | None = None, device: str = "auto", layers: Sequence[int] | None = None,
-                 **backbone_kwargs: Any) -> Session:
-    """Names → device (this rank's, :func:`wrcli.runtime.resolve_device`) → backbone → upsamplers.
+                 weights: str | None = None, device: str = "auto", precision: str = "auto",
+                 layers: Sequence[int] | None = None, **backbone_kwargs: Any) -> Session:
+    """Names → device (this rank's, :func:`wrcli.runtime.resolve_device`) and precision
+    (:func:`wrcli.precision.resolve_precision`) → backbone → upsamplers.
 
     ``upsamplers`` is parsed before anything heavy is loaded, so a bad list fails at once; None loads none.
     ``backbone_kwargs`` go to :func:`wrcli.backbones.load_backbone` (e.g. a small ViT for tests).
     """
     from wrcli.backbones import load_backbone
+    from wrcli.precision import resolve_precision
     from wrcli.runtime import current_rank, resolve_device
 
     names = parse_upsamplers(upsamplers) if upsamplers is not None else []
     dev = resolve_device(device, current_rank())
+    compute = resolve_precision(precision, dev)
     bb = load_backbone(backbone, weights, layers=layers, device=dev, **backbone_kwargs)
-    return Session(dev, bb, load_upsamplers(names, bb, dev) if names else {})
+    return Session(dev, bb, load_upsamplers(names, bb, dev) if names else {}, compute)

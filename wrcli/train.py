@@ -13,7 +13,9 @@ MSE instead of the authors' range-scaled one):
 - aug (× ``aug_weight``): the output guided by a photometrically augmented view against the output guided by
   the clean view, without gradient through the latter.
 
-AdamW, a linear warm-up then cosine decay, bf16 autocast on CUDA only. Two recipes
+AdamW, a linear warm-up then cosine decay, and ``precision`` (:mod:`wrcli.precision`; auto: bf16 autocast on a GPU
+or a CPU with bf16 arithmetic, else fp32) for the backbone's targets and the upsampler's forward; the loss, the
+optimiser and validation stay float32. Two recipes
 (:data:`wrcli.defaults.TRAIN_RECIPES`, options overriding them): ``wrcli`` (the default, the shipped
 checkpoint's: lr 1e-3, the bilinear skip, plain MSE) and ``published`` (the authors' config: lr 2e-4, no skip,
 range-scaled MSE). Runs resume bit for bit from ``OUT.state.pt``; under torchrun the upsampler is wrapped in
@@ -55,7 +57,7 @@ def train(images: str | Sequence[str], out: str, opts: TrainOptions) -> dict[str
     claim(files, resume=opts.resume, overwrite=opts.overwrite, main=rank.is_main)
     torch.manual_seed(opts.seed)
     session = open_session(None, backbone=opts.backbone, weights=opts.backbone_weights, device=opts.device,
-                           **(opts.backbone_kwargs or {}))
+                           precision=opts.precision, **(opts.backbone_kwargs or {}))
     with _process_group(rank, session.device):
         return build_run(images, files, opts, rank, session).run()
 

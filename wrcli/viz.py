@@ -193,11 +193,12 @@ def _out_folder(out_dir: str) -> Path:
 def feature_maps(session: Session, array: np.ndarray, scale: int,
                  done: Callable[[], object] | None = None) -> list[Tensor]:
     """The (C, h·s, w·s) float features of an (H,W,3) uint8 image from each upsampler of the session (to
-    (H, W) when ``scale`` is 0); ``done()`` is called after each upsampler (progress within an image)."""
+    (H, W) when ``scale`` is 0), computed at the session's precision; ``done()`` is called after each upsampler
+    (progress within an image)."""
     bb, input_hw = session.backbone, array.shape[:2]
     target = {"size": input_hw} if scale == 0 else {"scale": scale}
     maps = []
-    with torch.inference_mode():
+    with torch.inference_mode(), session.autocast():
         image = bb.normalize(torch.from_numpy(array).permute(2, 0, 1)[None].to(session.device))
         tokens = bb(image)
         for up in session.upsamplers.values():
@@ -234,11 +235,12 @@ def _draw_image(session: Session, array: np.ndarray, orig_hw: tuple[int, int], o
 
 
 def run_viz(sources: Sequence[str], out_dir: str, *, upsamplers: str | Sequence[str], backbone: str,
-            backbone_weights: str | None = None, device: str = "auto", opts: VizOptions = VizOptions(),
-            progress: bool = True) -> dict[str, Any]:
+            backbone_weights: str | None = None, device: str = "auto", precision: str = "auto",
+            opts: VizOptions = VizOptions(), progress: bool = True) -> dict[str, Any]:
     """Write one PNG per image into ``out_dir`` (see the module doc).
 
-    Returns {"written": [png paths], "feature_hw": [(h, w) of each], "failed": [{"path", "error"}], ...}; an
+    Returns {"written": [png paths], "feature_hw": [(h, w) of each], "failed": [{"path", "error"}],
+    "precision": the resolved compute precision, ...}; an
     image that cannot be decoded is reported and skipped. Progress counts maps: one image through one
     upsampler.
     """
@@ -255,7 +257,7 @@ def run_viz(sources: Sequence[str], out_dir: str, *, upsamplers: str | Sequence[
     if not paths:
         raise WrcError("no images to draw")
     out = _out_folder(out_dir)
-    session = open_session(names, backbone=backbone, weights=backbone_weights, device=device)
+    session = open_session(names, backbone=backbone, weights=backbone_weights, device=device, precision=precision)
     policy = ResizePolicy(size=opts.size, patch=session.backbone.patch_size, max_side=opts.max_side)
     bar = Progress(len(paths) * len(session.upsamplers), "viz", unit="map", enabled=progress)
     written: list[str] = []
@@ -276,5 +278,6 @@ def run_viz(sources: Sequence[str], out_dir: str, *, upsamplers: str | Sequence[
     finally:
         bar.close()
     return {"written": written, "feature_hw": feature_hw, "failed": failed, "upsamplers": list(session.upsamplers),
-            "size": opts.size, "scale": opts.scale, "queries": [list(q) for q in opts.queries] or "centre",
+            "precision": session.precision, "size": opts.size, "scale": opts.scale,
+            "queries": [list(q) for q in opts.queries] or "centre",
             "seconds": time.monotonic() - start}

@@ -30,8 +30,9 @@ def corr_task(dataset: str, path: str, *, imsize: int | None = None, scale: int 
 
 def run_corr(dataset: str, path: str, *, upsamplers: str | Sequence[str] = f"bilinear,{DEFAULT_UPSAMPLER}",
              backbone: str = DEFAULT_BACKBONE, backbone_weights: str | None = None, device: str = "auto",
-             progress: bool = True, command: str | None = None, **settings: Any) -> dict[str, Any]:
+             progress: bool = True, precision: str = "auto", command: str | None = None,
+             **settings: Any) -> dict[str, Any]:
     """Every upsampler on the same pairs; the report. ``settings`` are :func:`corr_task`'s."""
     task = corr_task(dataset, path, **settings)
-    options = RunOptions(upsamplers, backbone, backbone_weights, device, progress)
+    options = RunOptions(upsamplers, backbone, backbone_weights, device, progress, precision)
     return run_task(task, options, command)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wrcli.errors import WrcError
+from wrcli.precision import autocast
 
 from .task import Bars, Measurement
 
@@ -46,19 +47,22 @@ def normalise_and_resize(features: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(features, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def feature_maps(backbone: Backbone, upsamplers: Mapping[str, Upsampler], scale: int, device: torch.device
-                 ) -> Features:
+def feature_maps(backbone: Backbone, upsamplers: Mapping[str, Upsampler], scale: int, device: torch.device,
+                 precision: str = "fp32") -> Features:
     """pixels uint8 (B,3,H,W) → (label, F (B,C,H,W)) for each upsampler in turn (see the top): one backbone
-    pass, then one upsampler's maps at a time."""
+    pass, then one upsampler's maps at a time; both at ``precision`` (:func:`wrcli.precision.autocast`), F float32."""
 
     @torch.inference_mode()
     def tokens_of(pixels: Tensor) -> tuple[Tensor, Tensor]:
         images = backbone.normalize(pixels.to(device))
-        return images, backbone(images)
+        with autocast(device, precision):
+            return images, backbone(images)
 
     @torch.inference_mode()
     def dense(upsampler: Upsampler, tokens: Tensor, images: Tensor) -> Tensor:
-        return normalise_and_resize(upsampler.upsample(tokens, images, scale=scale), tuple(images.shape[-2:]))
+        with autocast(device, precision):
+            maps = upsampler.upsample(tokens, images, scale=scale)
+        return normalise_and_resize(maps, tuple(images.shape[-2:]))
 
     def run(pixels: Tensor) -> Iterator[tuple[str, Tensor]]:
         images, tokens = tokens_of(pixels)
@@ -109,7 +113,8 @@ class PairTask(ABC):
         patch = session.backbone.patch_size
         if self.imsize % patch:
             raise WrcError(f"--imsize {self.imsize} is not a multiple of the patch size {patch}")
-        return nullcontext(feature_maps(session.backbone, session.upsamplers, self.scale, session.device))
+        return nullcontext(feature_maps(session.backbone, session.upsamplers, self.scale, session.device,
+                                        session.precision))
 
     def measure(self, session: Session, features: Features, bars: Bars) -> Measurement:
         bar = bars(len(self.pairs), f"eval corr {self.name}", unit="pair")

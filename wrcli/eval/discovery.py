@@ -454,7 +454,7 @@ class DiscoveryTask:
         with tempfile.TemporaryDirectory(prefix="wrc-eval-") if self.cache is None else nullcontext(self.cache) as root:
             yield build_cache(root, f"discovery-{self.name}", Split("warped", samples), size=self.imsize, flip=False,
                               backbone=session.backbone, device=session.device, target_dtype=np.uint8,
-                              progress=bars.enabled)
+                              progress=bars.enabled, precision=session.precision)
 
     def measure(self, session: Session, features: SplitCache, bars: Bars) -> Measurement:
         grid = self.grid(session)
@@ -466,7 +466,7 @@ class DiscoveryTask:
             pixels, feats, _ = features.batch(torch.tensor([i]), None, session.device)
             for label, model in session.upsamplers.items():
                 began = time.monotonic()
-                maps = upsampled(model, session.backbone, pixels, feats, (grid, grid))[0]
+                maps = upsampled(model, session.backbone, pixels, feats, (grid, grid), session.precision)[0].float()
                 found[label].append(discover(maps, self.method, tau=self.tau, k=self.k, imsize=self.imsize,
                                              width=width, height=height, gt=item.boxes))
                 seconds[label] += time.monotonic() - began
@@ -531,9 +531,10 @@ def discovery_task(dataset: str, path: str, *, imsize: int = DEFAULT_IMSIZE, sca
 
 def run_discovery(dataset: str, path: str, *, upsamplers: str | Sequence[str] = f"bilinear,{DEFAULT_UPSAMPLER}",
                   backbone: str = DEFAULT_BACKBONE, backbone_weights: str | None = None, device: str = "auto",
-                  progress: bool = True, command: str | None = None, **settings: Any) -> dict[str, Any]:
+                  progress: bool = True, precision: str = "auto", command: str | None = None,
+                  **settings: Any) -> dict[str, Any]:
     """Every upsampler on the same images and backbone features; the report. ``settings`` are
     :func:`discovery_task`'s."""
     task = discovery_task(dataset, path, **settings)
-    options = RunOptions(upsamplers, backbone, backbone_weights, device, progress)
+    options = RunOptions(upsamplers, backbone, backbone_weights, device, progress, precision)
     return run_task(task, options, command)

@@ -10,9 +10,9 @@ One folder per split, ``<cache>/<dataset>-<split>-<key>/``:
   horizontal flip (applied before the backbone, as in the reference code) costs no backbone pass either;
 - ``meta.json``: the key and how many images are done.
 
-The key covers the format, dataset, split, every sample's files (path, size, mtime), the size, the flip and the
-backbone (config and weights hash). A folder with the same key is reused, and an interrupted build resumes after
-its last finished batch. Every upsampler then reads the same arrays and upsamples on the fly.
+The key covers the format, dataset, split, every sample's files (path, size, mtime), the size, the flip, the
+backbone (config and weights hash) and the precision it runs at (``fp32`` or ``bf16``). A
+folder with the same key is reused, and an interrupted build resumes after its last finished batch. Every upsampler then reads the same arrays and upsamples on the fly.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from wrcli.backbones import Backbone
 from wrcli.errors import WrcError, first_line
 from wrcli.files import remove_stale_tmps, write_text_atomic
+from wrcli.precision import autocast
 from wrcli.progress import Progress
 
 from .datasets import IGNORE, Sample, Split
@@ -118,22 +119,23 @@ class SplitCache:
 
 
 def cache_key(dataset: str, split: Split, size: int, flip: bool, backbone: Backbone, target_dtype: np.dtype,
-              classes: int | None) -> dict[str, Any]:
+              classes: int | None, precision: str = "fp32") -> dict[str, Any]:
     """Everything the cached arrays depend on."""
     samples = hashlib.sha256(json.dumps([s.fingerprint() for s in split.samples]).encode()).hexdigest()
     return {"format": FORMAT, "dataset": dataset, "split": split.name, "images": len(split.samples), "samples": samples,
             "size": size, "flip": flip, "target_dtype": np.dtype(target_dtype).name, "classes": classes,
-            "backbone": backbone.config()}
+            "backbone": backbone.config(), "precision": precision}
 
 
 def build_cache(root: str | os.PathLike, dataset: str, split: Split, *, size: int, flip: bool, backbone: Backbone,
                 device: torch.device, target_dtype: np.dtype, classes: int | None = None, workers: int = 0,
-                progress: bool = True) -> SplitCache:
+                progress: bool = True, precision: str = "fp32") -> SplitCache:
     """Decode, resize and encode ``split`` once under ``root`` (or reuse/resume a folder with the same key).
-    ``classes``: the number of classes the label maps must fit (segmentation)."""
+    ``classes``: the number of classes the label maps must fit (segmentation); ``precision``: of the backbone
+    (:func:`wrcli.precision.autocast`), part of the key."""
     if size % backbone.patch_size:
         raise WrcError(f"image size {size} is not a multiple of the backbone's {backbone.patch_size}-pixel patch")
-    key = cache_key(dataset, split, size, flip, backbone, target_dtype, classes)
+    key = cache_key(dataset, split, size, flip, backbone, target_dtype, classes, precision)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(root) / f"{dataset}-{split.name}-{digest}"
     shapes = _shapes(len(split.samples), size, backbone.channels, size // backbone.patch_size, target_dtype, flip)
@@ -146,7 +148,7 @@ def build_cache(root: str | os.PathLike, dataset: str, split: Split, *, size: in
     loader = DataLoader(_Decoded(split.samples, done, size, np.dtype(target_dtype), classes), batch_size=BACKBONE_BATCH,
                         num_workers=workers, collate_fn=list)
     bar = Progress(len(split.samples) - done, f"features {dataset} {split.name}", enabled=progress)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for batch in loader:
             done = _encode(batch, arrays, done, backbone, device)
             write_meta(meta, key, done)

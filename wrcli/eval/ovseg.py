@@ -509,7 +509,7 @@ class Features:
         self.multiple = math.lcm(session.backbone.patch_size, int(clip.visual.conv1.kernel_size[0]))
         key = {"format": CACHE_FORMAT, "dataset": task._data().name, "preset": [task.preset.imsize, task.preset.crop,
                task.preset.stride], "vfm": task.method == "proxyclip", "backbone": session.backbone.config(),
-               "clip": task.clip_info}
+               "clip": task.clip_info, "precision": session.precision}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = root / f"ovseg-{key['dataset']}-{digest}"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -553,7 +553,9 @@ class Features:
             crop = padded_crop(pixels, win, self.multiple).to(device)
             out[f"values{i}"] = clip_values(self.clip.visual, clip_normalise(crop)[None])[0].half().cpu()
             if proxy:
-                out[f"vfm{i}"] = backbone(backbone.normalize(crop[None]))[0].half().cpu()
+                with self.session.autocast():  # the backbone at --precision; CLIP stays float32
+                    vfm = backbone(backbone.normalize(crop[None]))
+                out[f"vfm{i}"] = vfm[0].half().cpu()
         return out
 
     def _path(self, index: int) -> Path:
@@ -648,7 +650,8 @@ def ovseg_task(path: str | os.PathLike, *, dataset: str = "auto", classes: str |
 
 def run_ovseg(path: str | os.PathLike, *, upsamplers: str | Sequence[str] = f"bilinear,{DEFAULT_UPSAMPLER}",
               backbone: str = DEFAULT_BACKBONE, backbone_weights: str | None = None, device: str = "auto",
-              progress: bool = True, command: str | None = None, **settings: Any) -> dict[str, Any]:
+              progress: bool = True, precision: str = "auto", command: str | None = None,
+              **settings: Any) -> dict[str, Any]:
     """Every upsampler on the same images; the report. ``settings`` are :func:`ovseg_task`'s."""
     task = ovseg_task(path, **settings)
-    return run_task(task, RunOptions(upsamplers, backbone, backbone_weights, device, progress), command)
+    return run_task(task, RunOptions(upsamplers, backbone, backbone_weights, device, progress, precision), command)

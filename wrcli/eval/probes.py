@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from wrcli.errors import WrcError
 from wrcli.models.base import resize
+from wrcli.precision import autocast
 from wrcli.progress import Progress
 from wrcli.reports import mean_std
 
@@ -153,9 +154,11 @@ def new_probe(channels: int, head: Head, seed: int, device: torch.device) -> nn.
     return probe.to(device)
 
 
-def upsampled(upsampler: Upsampler, backbone: Backbone, pixels: Tensor, feats: Tensor, size: tuple[int, int]) -> Tensor:
-    """The upsampler's output at ``size`` for cached features (no gradient: the upsampler is frozen)."""
-    with torch.no_grad():
+def upsampled(upsampler: Upsampler, backbone: Backbone, pixels: Tensor, feats: Tensor, size: tuple[int, int],
+              precision: str = "fp32") -> Tensor:
+    """The upsampler's output at ``size`` for cached features (no gradient: the upsampler is frozen), run at
+    ``precision`` (:func:`wrcli.precision.autocast`)."""
+    with torch.no_grad(), autocast(feats.device, precision):
         image = backbone.normalize(pixels) if upsampler.guided else None
         return upsampler.upsample(feats, image, size=size)
 
@@ -166,8 +169,9 @@ def _to_target(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def train_probe(head: Head, protocol: Protocol, data: SplitCache, upsampler: Upsampler, backbone: Backbone,
-                seed: int, device: torch.device, bar: Progress | None = None) -> nn.Conv2d:
-    """Train a fresh probe on ``data`` with ``protocol``; returns it in eval mode."""
+                seed: int, device: torch.device, bar: Progress | None = None, precision: str = "fp32") -> nn.Conv2d:
+    """Train a fresh probe on ``data`` with ``protocol`` (the upsampler at ``precision``, the probe in float32);
+    returns it in eval mode."""
     probe = new_probe(data.feats.shape[1], head, seed, device)
     opt = torch.optim.AdamW(probe.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -180,7 +184,7 @@ def train_probe(head: Head, protocol: Protocol, data: SplitCache, upsampler: Ups
         for step in range(steps):
             idx = order[step * bs:(step + 1) * bs]
             pixels, feats, target = data.batch(idx, None if flips is None else flips[idx], device)
-            pred = head.predict(probe(upsampled(upsampler, backbone, pixels, feats, size)))
+            pred = head.predict(probe(upsampled(upsampler, backbone, pixels, feats, size, precision).float()))
             if protocol.train_at == "label":
                 pred = _to_target(pred, target)
             else:
@@ -197,20 +201,23 @@ def train_probe(head: Head, protocol: Protocol, data: SplitCache, upsampler: Ups
 
 
 def predictions(head: Head, probe: nn.Module, data: SplitCache, upsampler: Upsampler, backbone: Backbone,
-                protocol: Protocol, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """(prediction at the target size, target) per batch of ``data``, in order, without flips."""
+                protocol: Protocol, device: torch.device, precision: str = "fp32") -> Iterator[tuple[Tensor, Tensor]]:
+    """(prediction at the target size, target) per batch of ``data``, in order, without flips (the upsampler at
+    ``precision``)."""
     size = protocol.feature_hw(backbone.patch_size)
     for start in range(0, len(data), protocol.batch_size):
         pixels, feats, target = data.batch(torch.arange(start, min(start + protocol.batch_size, len(data))), None, device)
         with torch.no_grad():
-            yield _to_target(head.predict(probe(upsampled(upsampler, backbone, pixels, feats, size))), target), target
+            dense = upsampled(upsampler, backbone, pixels, feats, size, precision).float()
+            yield _to_target(head.predict(probe(dense)), target), target
 
 
 def evaluate(head: Head, probe: nn.Module, data: SplitCache, upsampler: Upsampler, backbone: Backbone,
-             protocol: Protocol, device: torch.device, bar: Progress | None = None) -> dict[str, Any]:
+             protocol: Protocol, device: torch.device, bar: Progress | None = None,
+             precision: str = "fp32") -> dict[str, Any]:
     """The head's metrics of ``probe`` over ``data`` (:func:`predictions`)."""
     acc = head.accumulator()
-    for pred, target in predictions(head, probe, data, upsampler, backbone, protocol, device):
+    for pred, target in predictions(head, probe, data, upsampler, backbone, protocol, device, precision):
         acc.update(pred, target)
         if bar is not None:
             bar.advance()
@@ -279,7 +286,7 @@ class ProbeTask(ABC):
             def split_cache(split: Split, flip: bool) -> SplitCache:
                 return build_cache(root, data.name, split, size=protocol.size, flip=flip, backbone=session.backbone,
                                    device=session.device, target_dtype=head.target_dtype, classes=head.label_classes,
-                                   workers=self.options.workers, progress=bars.enabled)
+                                   workers=self.options.workers, progress=bars.enabled, precision=session.precision)
 
             yield split_cache(data.train, protocol.flip), split_cache(data.val, False)
 
@@ -295,8 +302,10 @@ class ProbeTask(ABC):
             bar = bars(seeds * per_seed, f"probe {label}", unit="batch")
             runs = []
             for seed in range(seeds):
-                probe = train_probe(head, protocol, train, model, session.backbone, seed, session.device, bar)
-                runs.append(evaluate(head, probe, val, model, session.backbone, protocol, session.device, bar))
+                probe = train_probe(head, protocol, train, model, session.backbone, seed, session.device, bar,
+                                    session.precision)
+                runs.append(evaluate(head, probe, val, model, session.backbone, protocol, session.device, bar,
+                                     session.precision))
             bar.close()
             results[label] = {**summarise(runs, head.metrics), "seconds": round(time.monotonic() - began, 2)}
         return Measurement(results)

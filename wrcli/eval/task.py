@@ -13,8 +13,11 @@ A protocol is one module whose task object has four parts, which :func:`run_task
    evaluated (called last, so it may count what the metric saw). ``kind`` names the task, ``metrics`` the
    table's columns.
 
-The runner opens the :class:`~wrcli.session.Session` (device, backbone, upsamplers), times the run, hands out
-progress bars and assembles the report (:mod:`wrcli.reports`)::
+The runner opens the :class:`~wrcli.session.Session` (device, precision, backbone, upsamplers), times the run, hands
+out progress bars and assembles the report (:mod:`wrcli.reports`; the resolved precision is
+``environment.precision``). ``--precision bf16`` covers the backbone and upsampler passes only (each protocol runs
+them at ``session.precision``, :func:`wrcli.precision.autocast`; the WRC solves stay float32); probes, similarities
+and metrics compute in float32::
 
     {"task", "protocol", "dataset", "environment", "backbone", "upsamplers", "metrics", "results",
      ...the protocol's own sections..., "seconds", "command"}
@@ -39,14 +42,15 @@ REPORT_KEYS = ("task", "protocol", "dataset", "environment", "backbone", "upsamp
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What every evaluation is told: the upsamplers compared side by side, the backbone, where, and whether to
-    show progress."""
+    """What every evaluation is told: the upsamplers compared side by side, the backbone, where, whether to
+    show progress, and the compute precision (auto, fp32 or bf16: :mod:`wrcli.precision`)."""
 
     upsamplers: str | Sequence[str] = f"bilinear,{DEFAULT_UPSAMPLER}"  # "default": wrc with its shipped checkpoint, else bilinear
     backbone: str = DEFAULT_BACKBONE
     backbone_weights: str | None = None
     device: str = "auto"
     progress: bool = True
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def run_task(task: Task, options: RunOptions, command: str | None = None) -> dic
     start = time.monotonic()
     task.read()
     session = open_session(options.upsamplers, backbone=options.backbone, weights=options.backbone_weights,
-                           device=options.device)
+                           device=options.device, precision=options.precision)
     bars = Bars(options.progress)
     with task.features(session, bars) as features:
         measured = task.measure(session, features, bars)
@@ -104,7 +108,7 @@ def assemble(task: Task, session: Session, measured: Measurement, seconds: float
         "task": task.kind,
         "protocol": task.protocol(session),
         "dataset": task.dataset(),
-        "environment": environment(session.device),
+        "environment": {**environment(session.device), "precision": session.precision},
         "backbone": session.backbone.config(),
         "upsamplers": session.describe_upsamplers(),
         "metrics": list(task.metrics),

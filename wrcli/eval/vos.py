@@ -70,6 +70,7 @@ from torch import Tensor
 from wrcli.data.sources import is_image_name
 from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER
 from wrcli.errors import WrcError, first_line
+from wrcli.precision import autocast
 
 from . import davis_metrics as dm
 from .datasets import file_key, read_rgb
@@ -339,29 +340,33 @@ def _encode_sequence(seq: VideoSequence, folder: Path, orig_hw: tuple[int, int],
 
 
 def cache_sequence(root: Path, seq: VideoSequence, protocol: str, imsize: int, backbone: Backbone,
-                   device: torch.device, advance: Callable[[int], None] = lambda n: None) -> SequenceData:
+                   device: torch.device, advance: Callable[[int], None] = lambda n: None,
+                   precision: str = "fp32") -> SequenceData:
     """Decode, resize and encode one sequence once under ``root`` (``<root>/vos-<seq>-<key>/``), keyed by the
-    frames' files, the input size and the backbone."""
+    frames' files, the input size, the backbone and the compute precision (the caller's autocast)."""
     with Image.open(seq.frames[0]) as img:
         orig_hw = (img.height, img.width)
     size = input_hw(orig_hw, protocol, imsize, backbone.patch_size)
     key = {"format": CACHE_FORMAT, "task": "vos", "frames": hashlib.sha256(json.dumps(seq.fingerprint()).encode()
                                                                           ).hexdigest(),
-           "n": len(seq.frames), "size": list(size), "resize": "bicubic", "backbone": backbone.config()}
+           "n": len(seq.frames), "size": list(size), "resize": "bicubic", "backbone": backbone.config(),
+           "precision": precision}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    arrays = _encode_sequence(seq, root / f"vos-{seq.name}-{digest}", orig_hw, size, backbone, device, key, advance)
+    with autocast(device, precision):
+        arrays = _encode_sequence(seq, root / f"vos-{seq.name}-{digest}", orig_hw, size, backbone, device, key, advance)
     binary = is_binary(seq.masks[seq.frames[0].stem])
     return SequenceData(seq, orig_hw, binary, arrays["images"], arrays["tokens"])
 
 
-def unit_maps(data: SequenceData, upsampler: Upsampler, backbone: Backbone, scale: int, device: torch.device
-              ) -> Iterator[Tensor]:
-    """The upsampled, per-cell L2-normalised feature map (C, scale·h', scale·w') of each frame in turn."""
+def unit_maps(data: SequenceData, upsampler: Upsampler, backbone: Backbone, scale: int, device: torch.device,
+              precision: str = "fp32") -> Iterator[Tensor]:
+    """The upsampled (at ``precision``), per-cell L2-normalised float32 feature map (C, scale·h', scale·w') of each
+    frame in turn."""
     _, _, h, w = data.tokens.shape
     for t in range(len(data.tokens)):
         tokens = torch.from_numpy(np.array(data.tokens[t:t + 1])).to(device).float()
         pixels = torch.from_numpy(np.array(data.images[t:t + 1])).permute(0, 3, 1, 2).to(device)
-        dense = upsampled(upsampler, backbone, pixels, tokens, (scale * h, scale * w))
+        dense = upsampled(upsampler, backbone, pixels, tokens, (scale * h, scale * w), precision)
         yield normalise_and_resize(dense, (scale * h, scale * w))[0]
 
 
@@ -456,7 +461,7 @@ class VosTask:
             for seq in self.sequences:
                 try:
                     data.append(cache_sequence(Path(root), seq, self.protocol_name, self.imsize, session.backbone,
-                                               session.device, bar.advance))
+                                               session.device, bar.advance, session.precision))
                 except (WrcError, OSError, ValueError) as e:
                     self.errors[seq.name] = first_line(e)
                     log.warning("sequence %s left out: %s", seq.name, self.errors[seq.name])
@@ -517,7 +522,7 @@ class VosTask:
         if out is not None:
             write_palette_png(out / f"{data.sequence.frames[0].stem}.png", first)
         preds = []
-        maps = unit_maps(data, upsampler, session.backbone, self.scale, session.device)
+        maps = unit_maps(data, upsampler, session.backbone, self.scale, session.device, session.precision)
         steps = propagate_sequence(maps, first_labels, context=self.context, topk=self.topk,
                                    temperature=self.temperature, radius=self.radius)
         for t, soft in enumerate(steps, start=1):

@@ -1,7 +1,8 @@
 """Precision policy of the solvers: the maths always runs in float32 (float64 stays float64).
 
 FFTs reject bfloat16 and fp16 FFTs need power-of-two sizes, so every solver upcasts its inputs, switches
-autocast off locally, and casts the result back to the dtype of its main input.
+autocast off locally, and casts the result back to the dtype of its main input. This holds under every command's
+``--precision bf16`` (:mod:`wrcli.precision`), whose autocast covers the backbone and the upsamplers' layers only.
 """
 
 from __future__ import annotations

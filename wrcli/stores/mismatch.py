@@ -54,6 +54,7 @@ SOURCES: tuple[Source, ...] = (
     Source("resize.max_side", "--max-side", ("--size",)),  # the default is twice --size
     Source("resize", None, ("--backbone", _VERSION)),  # the patch multiple and wrcli's decoding choices
     Source("dtype", "--dtype"),
+    Source("precision", "--precision"),  # resolved: auto is bf16 or fp32 by device
     Source("store.dtype", "--dtype"),
     Source("shard_size", "--shard-size", _SHARD),
     Source("store.shard_size", "--shard-size", _SHARD),

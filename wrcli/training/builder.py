@@ -59,10 +59,11 @@ def build_run(images: str | Sequence[str], files: RunFiles, opts: TrainOptions, 
     torch.manual_seed(opts.seed)
     warmup = min(opts.warmup, opts.steps // 10)
     learner = _learner(opts, backbone, device, rank.world, warmup)
-    fingerprint = _fingerprint(opts, identity, rank.world, warmup, split)
+    fingerprint = _fingerprint(opts, identity, rank.world, warmup, split, session.precision)
     saved = _saved_state(files.state, fingerprint, rank.is_main) if opts.resume else None
     run = TrainingRun(opts, files.out, files.state, files.log, rank, device, backbone,
-                      identity, split, _sources(opts, split, session, identity, rank), learner, fingerprint)
+                      identity, split, _sources(opts, split, session, identity, rank), learner, fingerprint,
+                      precision=session.precision)
     if saved is not None:
         run.restore(saved)
     return run
@@ -78,8 +79,10 @@ def _learner(opts: TrainOptions, backbone: Backbone, device: torch.device, world
     return Learner(model, objective, optimizer, scheduler)
 
 
-def _fingerprint(opts: TrainOptions, identity: dict, world: int, warmup: int, split: data.ImageSplit) -> dict[str, Any]:
-    """Every setting that changes the result, resolved (a recipe counts by the values it gives, not its name)."""
+def _fingerprint(opts: TrainOptions, identity: dict, world: int, warmup: int, split: data.ImageSplit,
+                 precision: str) -> dict[str, Any]:
+    """Every setting that changes the result, resolved (a recipe counts by the values it gives, not its name;
+    ``precision`` as the session resolved it)."""
     return {
         "solver": opts.solver, "skip": opts.skip, "mse": opts.mse, "backbone": identity,
         "backbone_kwargs": opts.backbone_kwargs, "size": opts.size, "crops": opts.crops, "batch_size": opts.batch_size,
@@ -87,7 +90,7 @@ def _fingerprint(opts: TrainOptions, identity: dict, world: int, warmup: int, sp
         "clip_grad": opts.clip_grad, "seed": opts.seed, "down_weight": opts.down_weight,
         "aug_weight": opts.aug_weight, "cached": opts.cache is not None,
         "cache_variants": opts.cache_variants if opts.cache is not None else None,
-        "data_sha256": data.list_sha256(split.train),
+        "data_sha256": data.list_sha256(split.train), "precision": precision,
     }
 
 
@@ -108,10 +111,11 @@ def _sources(opts: TrainOptions, split: data.ImageSplit, session: Session, ident
     if opts.cache is None:
         samples = LiveSamples(split.train, opts.size, backbone.patch_size, opts.crops)
         held = validation.in_memory(split.val, backbone, device, size=opts.size, batch=opts.batch_size,
-                                    workers=opts.workers)
+                                    workers=opts.workers, precision=session.precision)
         return Sources(samples, held.__getitem__)
     train, val = feature_cache.prepare(
         opts.cache, split, backbone, device, identity=identity, size=opts.size, crops=opts.crops,
         variants=opts.cache_variants, workers=opts.workers, progress=opts.progress and rank.is_main, rank=rank,
+        precision=session.precision,
     )
     return Sources(CachedSamples([e.path for e in train], opts.cache_variants), validation.from_cache([e.path for e in val]))

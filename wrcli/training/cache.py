@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wrcli.backbones import Backbone
 from wrcli.files import atomic_write
+from wrcli.precision import autocast
 from wrcli.progress import Progress
 from wrcli.runtime import Rank, wait_until
 
@@ -50,9 +51,10 @@ class Entry:
 
 
 def entry(root: str | os.PathLike, image_path: str, image_sha256: str, role: str, *, identity: dict, size: int,
-          crops: int, variants: int) -> Entry:
-    """Where the cache entry of one image lives and the key it must carry."""
-    fields = {"format": FORMAT, "role": role, "size": size, "backbone": identity, "image_sha256": image_sha256}
+          crops: int, variants: int, precision: str = "fp32") -> Entry:
+    """Where the cache entry of one image lives and the key it must carry (``precision``: of the backbone)."""
+    fields = {"format": FORMAT, "role": role, "size": size, "backbone": identity, "image_sha256": image_sha256,
+              "precision": precision}
     if role == "train":
         fields.update(crops=crops, variants=variants)
     else:
@@ -112,15 +114,16 @@ class _Decode(Dataset):
 
 def prepare(root: str | os.PathLike, images: ImageSplit, backbone: Backbone, device: torch.device, *, identity: dict,
             size: int, crops: int, variants: int, workers: int, progress: bool,
-            rank: Rank) -> tuple[list[Entry], list[Entry]]:
+            rank: Rank, precision: str = "fp32") -> tuple[list[Entry], list[Entry]]:
     """The (training, validation) entries of ``images`` under ``root``, built where missing or stale: process
     ``rank.rank`` builds every ``rank.world``-th of them, then waits until the other processes' are valid."""
-    common = {"identity": identity, "size": size, "crops": crops, "variants": variants}
+    common = {"identity": identity, "size": size, "crops": crops, "variants": variants, "precision": precision}
     train = [entry(root, i.path, i.sha256, "train", **common) for i in images.train]
     val = [entry(root, i.path, i.sha256, "val", **common) for i in images.val]
     everything = train + val
     mine = [e for n, e in enumerate(everything) if n % rank.world == rank.rank and not is_valid(e)]
-    build(mine, backbone, device, size=size, crops=crops, variants=variants, workers=workers, progress=progress)
+    build(mine, backbone, device, size=size, crops=crops, variants=variants, workers=workers, progress=progress,
+          precision=precision)
     if rank.world > 1:
         wait_until(lambda: all(map(is_valid, everything)), timeout=7 * 86400.0, poll=2.0,
                    what=f"the other processes to build the feature cache in {root}")
@@ -128,8 +131,9 @@ def prepare(root: str | os.PathLike, images: ImageSplit, backbone: Backbone, dev
 
 
 def build(entries: Sequence[Entry], backbone: Backbone, device: torch.device, *, size: int, crops: int, variants: int,
-          workers: int, progress: bool) -> None:
-    """Compute and write ``entries`` (stale or missing ones; the caller picks them), one image at a time."""
+          workers: int, progress: bool, precision: str = "fp32") -> None:
+    """Compute and write ``entries`` (stale or missing ones; the caller picks them), one image at a time, the
+    backbone at ``precision`` (:func:`wrcli.precision.autocast`; the entries' key says which)."""
     if not entries:
         return
     loader = DataLoader(_Decode(entries, size, backbone.patch_size), batch_size=None, num_workers=workers)
@@ -138,11 +142,12 @@ def build(entries: Sequence[Entry], backbone: Backbone, device: torch.device, *,
         for i, pixels in loader:
             e = entries[i]
             pixels = pixels.to(device)
-            if e.role == "train":
-                tensors = _train_tensors(backbone, pixels, variant_offsets(e.image_sha256, variants, crops, size,
-                                                                           backbone.patch_size))
-            else:
-                tensors = _val_tensors(backbone, pixels)
+            with autocast(device, precision):
+                if e.role == "train":
+                    tensors = _train_tensors(backbone, pixels, variant_offsets(e.image_sha256, variants, crops, size,
+                                                                               backbone.patch_size))
+                else:
+                    tensors = _val_tensors(backbone, pixels)
             _write(e, tensors)
             bar.advance()
     finally:

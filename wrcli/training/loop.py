@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from wrcli.backbones import Backbone
 from wrcli.errors import WrcError, first_line
 from wrcli.models import Upsampler, save_upsampler
+from wrcli.precision import autocast
 from wrcli.progress import Progress
 from wrcli.reports import command_line
 from wrcli.runtime import Rank
@@ -31,7 +32,7 @@ from .outputs import start_log
 from .recipe import cosine_mse, crop_windows
 from .state import rng_states, save_state, set_rng_states
 from .stop import StopFlag, ignore_stop_signals
-from .targets import autocast, train_targets
+from .targets import train_targets
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class TrainingRun:
     sources: Sources
     learner: Learner
     fingerprint: dict[str, Any]
+    precision: str = "fp32"  # resolved --precision: the backbone's targets and the upsampler's forward under autocast
     step: int = 0
     seconds_before: float = 0.0
     losses: dict[str, float] = field(default_factory=dict, init=False)  # the means of the last log window
@@ -226,8 +228,9 @@ class TrainingRun:
             feats, crop_feats, down_feats = (batch[k].to(device) for k in ("lr_feats", "crop_feats", "down_feats"))
             crop_feats = crop_feats.flatten(0, 1)
         else:
-            feats, crop_feats, down_feats = train_targets(backbone, lr, batch["crops"].to(device).flatten(0, 1))
-        with autocast(device):
+            with autocast(device, self.precision):
+                feats, crop_feats, down_feats = train_targets(backbone, lr, batch["crops"].to(device).flatten(0, 1))
+        with autocast(device, self.precision):
             output, augmented = self.learner.objective(feats, backbone.normalize(lr),
                                                        backbone.normalize(batch["aug"].to(device)))
         loss = functools.partial(cosine_mse, normalise=self.opts.mse == "range")
@@ -297,6 +300,7 @@ class TrainingRun:
             "data": {"images": len(self.images.train), "list_sha256": self.fingerprint["data_sha256"],
                      "skipped": self.images.skipped, "validation": self.images.split},
             "backbone": self.identity, "steps": self.step, "seconds": seconds, "device": device,
+            "precision": self.precision,
             "processes": self.rank.world, "torch": torch.__version__, "timm": timm.__version__,
             "final_losses": self.losses, "validation": result,
         }

@@ -43,6 +43,7 @@ class TrainOptions:
     down_weight: float = 1.0  # weight of the down term (the authors' loop: 1; their config names an unused 0.1)
     aug_weight: float = 1.0  # weight of the augmentation-consistency term (likewise)
     device: str = "auto"  # auto, cpu, cuda or cuda:N (under torchrun, auto/cuda take the local rank's GPU)
+    precision: str = "auto"  # auto, fp32 or bf16 (wrcli.precision): autocast of the backbone targets and the upsampler
     workers: int = 2  # DataLoader processes that decode and augment images (0: in the main process)
     seed: int = 0  # seeds the upsampler's initialisation, the data order, the crops and the augmentations
     val: float | str | Sequence[str] | None = 0.05  # validation images: a fraction held out of IMAGES (by a hash

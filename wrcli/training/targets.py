@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 
 import torch
@@ -13,20 +12,15 @@ from wrcli.backbones import Backbone
 from . import recipe
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (as the authors train); nothing elsewhere, so CPU runs stay float32."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def train_targets(backbone: Backbone, lr: Tensor, crops: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """uint8 low-res views (B,3,h,w) and crops (N,3,h,w) on the backbone's device → float32
-    (lr features (B,C,h/p,w/p), crop features (N,C,h/p,w/p), down-term targets (B,C,2h/p,2w/p))."""
+    (lr features (B,C,h/p,w/p), crop features (N,C,h/p,w/p), down-term targets (B,C,2h/p,2w/p)); the backbone
+    runs under the caller's autocast (the run's ``--precision``, :func:`wrcli.precision.autocast`)."""
     batch = lr.shape[0]
     views = backbone.normalize(torch.cat([lr, crops]))
-    with autocast(views.device):
-        feats = backbone(views)
-        down = backbone(recipe.down_view(views[:batch]))
+    feats = backbone(views)
+    down = backbone(recipe.down_view(views[:batch]))
     return feats[:batch].float(), feats[batch:].float(), down.float()
 
 
@@ -34,12 +28,11 @@ def train_targets(backbone: Backbone, lr: Tensor, crops: Tensor) -> tuple[Tensor
 def val_targets(backbone: Backbone, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """uint8 training-size images (B,3,S,S) → (uint8 low-res views, their features, and two 2× targets:
     the features of the images themselves, and the tiled features of their four S/2 quadrants, each seen
-    by the backbone at the low-res view's size like the recipe's local crops)."""
+    by the backbone at the low-res view's size like the recipe's local crops), under the caller's autocast."""
     lr = recipe.half_view(images)
-    with autocast(images.device):
-        lr_feats = backbone(backbone.normalize(lr))
-        hr_feats = backbone(backbone.normalize(images))
-        tile_feats = recipe.untile(backbone(backbone.normalize(recipe.tile(images))), images.shape[0])
+    lr_feats = backbone(backbone.normalize(lr))
+    hr_feats = backbone(backbone.normalize(images))
+    tile_feats = recipe.untile(backbone(backbone.normalize(recipe.tile(images))), images.shape[0])
     return lr, lr_feats.float(), hr_feats.float(), tile_feats.float()
 
 

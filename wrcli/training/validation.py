@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from wrcli.backbones import Backbone
+from wrcli.precision import autocast
 
 from .cache import read_val_entry
 from .data import ImageRef, decode
@@ -41,13 +42,15 @@ class _Decode(Dataset):
 
 
 def in_memory(images: Sequence[ImageRef], backbone: Backbone, device: torch.device, *, size: int, batch: int,
-              workers: int) -> list[Sample]:
-    """The validation samples of ``images``, computed once and kept on the CPU in float32
-    (≈3.5 MB per image for ViT-S at 448)."""
+              workers: int, precision: str = "fp32") -> list[Sample]:
+    """The validation samples of ``images``, computed once (the backbone at ``precision``,
+    :func:`wrcli.precision.autocast`) and kept on the CPU in float32 (≈3.5 MB per image for ViT-S at 448)."""
     loader = DataLoader(_Decode(images, size, backbone.patch_size), batch_size=batch, num_workers=workers)
     samples: list[Sample] = []
     for pixels in loader:
-        samples.extend(zip(*(t.cpu() for t in val_targets(backbone, pixels.to(device)))))
+        with autocast(device, precision):
+            targets = val_targets(backbone, pixels.to(device))
+        samples.extend(zip(*(t.cpu() for t in targets)))
     return samples
 
 
