@@ -92,6 +92,9 @@ app.add_typer(eval_app, name="eval")
 BackboneName = Annotated[str, typer.Option(envvar="WRC_BACKBONE", help="timm ViT name (frozen).")]
 BackboneWeights = Annotated[Optional[str], typer.Option(envvar="WRC_BACKBONE_WEIGHTS", help="Backbone weights file (.safetensors or .pth) for offline use.")]
 Device = Annotated[str, typer.Option(envvar="WRC_DEVICE", callback=_device_spec, help="auto, cpu, cuda or cuda:N.")]
+Precision = Annotated[str, typer.Option(envvar="WRC_PRECISION", callback=_one_of("auto", "fp32", "bf16"), help=(
+    "Compute precision of the backbone and upsamplers: fp32, bf16 (bfloat16 autocast; the WRC solves stay float32), "
+    "or auto: bf16 on a GPU or CPU with bf16 arithmetic (AMX, AVX-512 BF16), else fp32."))]
 
 # options that the `eval` commands share
 EvalUpsamplers = Annotated[str, typer.Option(envvar="WRC_UPSAMPLER", help=(
@@ -170,6 +173,7 @@ def eval_seg_cmd(
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
+    precision: Precision = "auto",
     json_out: EvalJson = False,
 ) -> None:
     """Linear-probe semantic segmentation (mIoU, pixel accuracy), every upsampler on the same cached backbone
@@ -179,8 +183,8 @@ def eval_seg_cmd(
     from wrcli.eval.task import run_task
 
     opts = ProbeOptions(upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights, device=device,
-                        seeds=seeds, limit=limit, cache=cache, workers=workers, epochs=epochs, batch_size=batch_size,
-                        lr=lr, size=size, scale=scale)
+                        precision=precision, seeds=seeds, limit=limit, cache=cache, workers=workers, epochs=epochs,
+                        batch_size=batch_size, lr=lr, size=size, scale=scale)
     report = run_task(SegProbe(root, dataset, protocol, opts), opts, _command())
     _eval_output(report, _probe_title(report), out, json_out)
 
@@ -206,6 +210,7 @@ def eval_depth_cmd(
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
+    precision: Precision = "auto",
     json_out: EvalJson = False,
 ) -> None:
     """Linear depth probe (RMSE, AbsRel, δ1), every upsampler on the same cached backbone features, data and
@@ -215,8 +220,8 @@ def eval_depth_cmd(
     from wrcli.eval.task import run_task
 
     opts = ProbeOptions(upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights, device=device,
-                        seeds=seeds, limit=limit, cache=cache, workers=workers, epochs=epochs, batch_size=batch_size,
-                        lr=lr, size=size, scale=scale)
+                        precision=precision, seeds=seeds, limit=limit, cache=cache, workers=workers, epochs=epochs,
+                        batch_size=batch_size, lr=lr, size=size, scale=scale)
     report = run_task(DepthProbe(root, dataset, protocol, opts, depth_scale, max_depth), opts, _command())
     _eval_output(report, _probe_title(report), out, json_out)
 
@@ -237,6 +242,7 @@ def eval_corr_cmd(
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
+    precision: Precision = "auto",
     json_out: EvalJson = False,
 ) -> None:
     """Keypoint correspondence (PCK@0.1/0.05/0.01 on SPair-71k or a pairs file) and dense stereo correspondence
@@ -246,7 +252,7 @@ def eval_corr_cmd(
 
     task = corr_task(dataset, path, imsize=imsize, scale=scale, split=split, pairs_per_category=pairs_per_category,
                      seed=seed, stride=stride, limit=limit)
-    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device), _command())
+    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device, precision=precision), _command())
     data, proto = report["dataset"], report["protocol"]
     title = f"{dataset}: {data['pairs']} pairs, {data['points']} points, imsize {proto['imsize']}, scale {proto['scale']}"
     _eval_output(report, title, out, json_out)
@@ -270,6 +276,7 @@ def eval_vos_cmd(
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
+    precision: Precision = "auto",
     json_out: EvalJson = False,
 ) -> None:
     """Semi-supervised video object segmentation by label propagation (DAVIS J, F, J&F), every upsampler on the
@@ -279,7 +286,7 @@ def eval_vos_cmd(
 
     task = vos_task(root, imsize=imsize, scale=scale, context=context, topk=topk, radius=radius,
                     temperature=temperature, protocol=protocol, limit=limit, masks_out=masks_out, cache=cache)
-    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device), _command())
+    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device, precision=precision), _command())
     for name, reason in report["errors"].items():
         typer.echo(f"wrc: warning: {name} left out: {reason}", err=True)
     data, proto = report["dataset"], report["protocol"]
@@ -305,6 +312,7 @@ def eval_discovery_cmd(
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
+    precision: Precision = "auto",
     json_out: EvalJson = False,
 ) -> None:
     """Unsupervised object discovery: one box per image from TokenCut or LOST on the upsampled features, scored
@@ -314,7 +322,7 @@ def eval_discovery_cmd(
 
     task = discovery_task(dataset, root, imsize=imsize, scale=scale, method=method, tau=tau, k=k,
                           filenames=filenames, limit=limit, cache=cache)
-    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device), _command())
+    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device, precision=precision), _command())
     data, proto = report["dataset"], report["protocol"]
     title = (f"{dataset} · {method}: {data['images']} images ({data['skipped']} skipped), imsize {proto['imsize']}, "
              f"scale {proto['scale']}")
@@ -341,6 +349,7 @@ def eval_ovseg_cmd(
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
+    precision: Precision = "auto",
     json_out: EvalJson = False,
 ) -> None:
     """Training-free open-vocabulary segmentation (mIoU, aAcc): CLIP names the classes, the upsampled backbone
@@ -351,7 +360,7 @@ def eval_ovseg_cmd(
     presets = {k: v for k, v in (("crop", crop), ("stride", stride), ("prob_thd", prob_thd)) if v is not None}
     task = ovseg_task(root, dataset=dataset, classes=classes, method=method, clip_model=clip_model,
                       clip_weights=clip_weights, imsize=imsize, scale=scale, limit=limit, cache=cache, **presets)
-    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device), _command())
+    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device, precision=precision), _command())
     data, proto = report["dataset"], report["protocol"]
     title = f"ovseg {method}, {proto['classes']}: {data['evaluated']}/{data['images']} images, scale {proto['scale']}"
     _eval_output(report, title, out, json_out)
@@ -432,6 +441,7 @@ def extract_cmd(
     batch_size: int = typer.Option(8, min=1, help="Images per forward pass."),
     workers: int = typer.Option(2, min=0, help="DataLoader decoding processes (0 = decode in the main process)."),
     device: Device = "auto",
+    precision: Precision = "auto",
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
     overwrite: bool = typer.Option(False, help="Replace an existing store made with other settings or images."),
     fmt: Optional[str] = typer.Option(None, "--format", callback=_one_of("zarr", "hdf5"), help="zarr or hdf5 (default: from OUT's suffix)."),
@@ -453,7 +463,8 @@ def extract_cmd(
     opts = ExtractOptions(
         backbone=backbone, backbone_weights=backbone_weights, layers=_layers(layers), upsampler=upsampler,
         scale=scale, out_size=_hw(out_size, "--out-size"), size=size, crop=crop, max_side=max_side, dtype=dtype,
-        batch_size=batch_size, workers=workers, device=device, limit=limit, overwrite=overwrite, format=fmt, shard_size=shard_size,
+        batch_size=batch_size, workers=workers, device=device, precision=precision, limit=limit, overwrite=overwrite,
+        format=fmt, shard_size=shard_size,
     )
     summary = extract(
         src, out, opts, stdin=sys.stdin if src == "-" else None, on_record=_print_json if jsonl else None,
@@ -503,6 +514,7 @@ def train_cmd(
     workers: int = typer.Option(2, min=0, help="DataLoader processes."),
     seed: int = typer.Option(0, help="Seed of initialisation, data order, crops and augmentations."),
     device: Device = "auto",
+    precision: Precision = "auto",
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON line on stdout."),
 ) -> None:
     """Train the WRC upsampler self-supervised against a frozen backbone, with the recipe that trained the shipped
@@ -526,7 +538,7 @@ def train_cmd(
         solver=solver, skip=skip, mse=mse, backbone=backbone, backbone_weights=backbone_weights, size=size,
         val=val_spec, val_every=val_every, log_every=log_every, log_file=log_file, checkpoint_every=checkpoint_every,
         resume=resume, overwrite=overwrite, cache=cache, cache_variants=cache_variants, down_weight=down_weight, aug_weight=aug_weight,
-        workers=workers, seed=seed, device=device,
+        workers=workers, seed=seed, device=device, precision=precision,
     )
     main_rank, again = current_rank().is_main, _command() + ("" if resume else " --resume")
     try:
@@ -563,6 +575,7 @@ def viz_cmd(
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
     device: Device = "auto",
+    precision: Precision = "auto",
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of the PNG paths."),
 ) -> None:
     """Draw PCA-RGB feature images and query-point similarity maps, upsamplers side by side with the image.
@@ -572,7 +585,7 @@ def viz_cmd(
 
     opts = VizOptions(size=size, max_side=max_side, scale=scale, queries=[_query(q) for q in query or []])
     summary = run_viz(images, out, upsamplers=upsampler, backbone=backbone, backbone_weights=backbone_weights,
-                      device=device, opts=opts)
+                      device=device, precision=precision, opts=opts)
     if json_out:
         _print_json(summary)
     else:
@@ -591,7 +604,7 @@ def bench_cmd(
     size: int = typer.Option(448, min=1, help="Square image side in pixels, a multiple of the patch size."),
     scale: int = typer.Option(2, min=2, help="Upsampling factor of the token grid."),
     batch: str = typer.Option("1,8", "--batch", help="Batch sizes, comma-separated."),
-    precision: str = typer.Option("fp32,bf16", help="fp32 and/or bf16 (bfloat16 autocast; the solve computes in fp32 and takes bf16 inputs)."),
+    precision: str = typer.Option("fp32,bf16", help="fp32, bf16 and/or auto (bfloat16 autocast; auto: what the other commands' --precision auto picks here; the solve computes in fp32 and takes bf16 inputs)."),
     backend: str = typer.Option("torch,compiled,cupy", help="Solve backends, comma-separated: torch (eager), compiled (torch.compile; the first warm-up call compiles), cupy (CUDA only; skipped with a note where it cannot run)."),
     warmup: int = typer.Option(2, min=0, help="Untimed calls before the timed ones."),
     repeats: int = typer.Option(10, min=1, help="Timed calls (median, spread)."),
@@ -660,7 +673,8 @@ def _info_lines(info: dict) -> list[tuple[str, str]]:
         ("images", f"{info['n_images']}: {info['ok']} ok, {info['failed']} failed, {info['pending']} pending"),
         ("complete", f"{'yes' if info['complete'] else 'no'} ({info['done_shards']}/{info['n_shards']} shards)"
                      f"{'' if info['finalized'] else ', not finalized: rerun the same wrc extract command'}"),
-        ("features", f"{tuple(info['shape'])} {info['dtype']} (padded; each image's valid region is feat_hw)"),
+        ("features", f"{tuple(info['shape'])} {info['dtype']} (padded; each image's valid region is feat_hw), "
+                     f"computed in {info.get('precision') or 'a precision not recorded'}"),
         ("backbone", f"{backbone.get('name')} layers {backbone.get('layers')}" + (f" weights {sha[:12]}…" if sha else "")),
         ("upsampler", f"{upsampler.get('name')}" + (f" solver {config['solver']}" if config.get("solver") else "")
                       + (f" checkpoint {ckpt}" if ckpt else "") + (f" ×{info['scale']}" if info.get("scale") else "")),

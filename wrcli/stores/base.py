@@ -309,7 +309,7 @@ def summarize(path: Path, format: str, state: StoreState, paths: Sequence[Path],
         "shape": [spec.n_images, spec.channels, spec.height, spec.width],
         "dtype": spec.dtype,
         "bytes_on_disk": disk_bytes(*paths),
-        **{key: metadata.get(key) for key in ("backbone", "upsampler", "scale", "resize")},
+        **{key: metadata.get(key) for key in ("backbone", "upsampler", "scale", "resize", "precision")},
     }
 
 
