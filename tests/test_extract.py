@@ -86,7 +86,7 @@ def test_store_equals_direct_computation(tmp_path, vits_weights, wrc_checkpoint,
     assert summary["ok"] == 5 and summary["failed"] == 0 and summary["complete"]
 
     backbone = load_backbone(ARCH, vits_weights)
-    up = load_upsampler(upsampler, backbone).fold_batchnorm()  # as extract runs it
+    up = load_upsampler(upsampler, backbone).fold_batchnorm().to(memory_format=torch.channels_last)  # as extract runs it on a CPU
     policy = ResizePolicy(size=56, patch=14)
     records, feats = read_all(out)
     assert [r.name for r in records] == sorted(p.name for p in src.iterdir())

@@ -174,3 +174,23 @@ def test_the_layer_chunk_follows_the_tile():
     m, _, _ = shipped_shape()
     assert m.layer_chunk((128, 128), None) is None
     assert [m.layer_chunk((n, n), 64) for n in (32, 64, 128)] == [540, 151, 40]  # ×8 at 448: one (540 ≥ M = 208), two, six
+
+
+@pytest.mark.parametrize("scale", [2, 8])
+def test_a_channels_last_model_gives_the_same_contiguous_output(wrc, scale):
+    """What :func:`wrcli.session.load_upsamplers` does on a CPU: the same maps to float rounding, NCHW out."""
+    m = copy.deepcopy(wrc).fold_batchnorm()
+    features, image = torch.randn(2, 16, 5, 7), torch.randn(2, 3, 70, 98)
+    with torch.inference_mode():
+        reference = m.upsample(features, image, scale=scale)
+        out = copy.deepcopy(m).to(memory_format=torch.channels_last).upsample(features, image, scale=scale)
+    assert out.is_contiguous() and out.shape == reference.shape
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_session_upsamplers_are_channels_last_on_the_cpu(vits_weights):
+    from wrcli.session import open_session
+
+    s = open_session("bilinear,wrc", backbone="vit_small_patch14_dinov2", weights=str(vits_weights), device="cpu")
+    conv = next(p for p in s.upsamplers["wrc"].parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()

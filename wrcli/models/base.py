@@ -229,7 +229,8 @@ class Upsampler(nn.Module):
         (:func:`wrcli.models.memory.available_bytes`); models with ``tile_sizes`` run their passes in the
         largest tiles that fit it (:meth:`plan_tile`), with the same outputs to float rounding. A target whose
         estimate (:meth:`peak_bytes`) exceeds the budget even so is refused up front with a WrcError
-        (:func:`wrcli.models.memory.check_memory`). Returns the features' dtype.
+        (:func:`wrcli.models.memory.check_memory`). Returns the features' dtype, in the contiguous (NCHW) layout
+        whatever the model's memory format.
         """
         self.check_inputs(features, image)
         target = self.target_size(tuple(features.shape[-2:]), scale, size)
@@ -245,7 +246,7 @@ class Upsampler(nn.Module):
             x = self(x, guide) if tile is None else self(x, guide, tile=tile)
         if tuple(x.shape[-2:]) != target:
             x = resize(x, target, getattr(self, "mode", "bilinear") if self.native_scale is None else "bilinear")
-        return x
+        return x.contiguous()  # one layout conversion when the model runs channels-last
 
     def forward(self, features: Tensor, image: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
