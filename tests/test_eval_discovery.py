@@ -292,6 +292,7 @@ def test_run_reports_every_upsampler_and_skips_bad_images(method, tmp_path, vits
                            imsize=56, scale=2, method=method, cache=str(cache))
     assert [k for k in report if k in REPORT_KEYS] == list(REPORT_KEYS)
     assert set(report) - set(REPORT_KEYS) == {"per_image", "skipped"}
+    assert list(cache.rglob("feats.npy")) and not list(cache.rglob("targets.npy"))  # boxes only: no target maps
     json.dumps(report, allow_nan=False)
     assert report["task"] == "discovery" and report["protocol"]["method"] == method
     assert report["protocol"]["grid"] == [8, 8] and report["protocol"]["cell_px"] == 7.0

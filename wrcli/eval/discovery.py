@@ -359,16 +359,15 @@ def image_size(path: Path) -> tuple[int, int] | str:
 
 @dataclass(frozen=True)
 class WarpedImage:
-    """A sample of the feature cache: the image warped to ``side``² (bilinear, antialiased) and an all-zero
-    ``side``² target map (the cache keeps one per image; discovery reads only the images and features)."""
+    """A sample of the feature cache: the image warped to ``side``² (bilinear, antialiased) and no target map
+    (discovery reads only the images and features; its boxes stay in the task)."""
 
     name: str
     image: str
     side: int
 
-    def load(self) -> tuple[Image.Image, np.ndarray]:
-        warped = read_rgb(self.image).resize((self.side, self.side), Image.Resampling.BILINEAR)
-        return warped, np.zeros((self.side, self.side), dtype=np.uint8)
+    def load(self) -> tuple[Image.Image, None]:
+        return read_rgb(self.image).resize((self.side, self.side), Image.Resampling.BILINEAR), None
 
     def fingerprint(self) -> list:
         return [self.name, *file_key(self.image), "warp", self.side]
@@ -453,7 +452,7 @@ class DiscoveryTask:
         samples = tuple(WarpedImage(item.name, str(item.image), self.imsize) for item, _ in self.items)
         with tempfile.TemporaryDirectory(prefix="wrc-eval-") if self.cache is None else nullcontext(self.cache) as root:
             yield build_cache(root, f"discovery-{self.name}", Split("warped", samples), size=self.imsize, flip=False,
-                              backbone=session.backbone, device=session.device, target_dtype=np.uint8,
+                              backbone=session.backbone, device=session.device, target_dtype=None,
                               progress=bars.enabled, precision=session.precision)
 
     def measure(self, session: Session, features: SplitCache, bars: Bars) -> Measurement:

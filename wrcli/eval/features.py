@@ -4,7 +4,8 @@ One folder per split, ``<cache>/<dataset>-<split>-<key>/``:
 
 - ``images.npy`` (N, S, S, 3) uint8: the backbone input after the protocol's resize (kept for image-guided
   upsamplers, which take the normalised image);
-- ``targets.npy`` (N, S, S): class indices (uint8) or depth in metres (float32), resized by nearest neighbour;
+- ``targets.npy`` (N, S, S): class indices (uint8) or depth in metres (float32), resized by nearest neighbour
+  (none for a split cached without targets);
 - ``feats.npy`` (N, C, S/p, S/p) float16: the backbone's low-resolution patch features;
 - ``flipped.npy`` (only when the protocol flips): the features of the mirrored images, so that the random
   horizontal flip (applied before the backbone, as in the reference code) costs no backbone pass either;
@@ -44,20 +45,22 @@ BACKBONE_BATCH = 8
 Shapes = dict[str, tuple[tuple[int, ...], Any]]  # array name → (shape, dtype)
 
 
-def centre_square(image: Image.Image, target: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def centre_square(image: Image.Image, target: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Resize the short side to ``size`` and centre-crop ``size × size`` (Resize(size) + CenterCrop(size)).
 
     Done as one resize of the centre square, which gives the same pixels up to the rounding of the crop offset:
     the image bilinear and antialiased (Pillow, like torchvision's default), the target by nearest neighbour at
     pixel centres (torch's ``nearest-exact``), so that labels and measured depths keep their values.
-    Returns (size, size, 3) uint8 and (size, size) of the target's dtype (uint8 or float32).
+    Returns (size, size, 3) uint8 and (size, size) of the target's dtype (uint8 or float32), or None without one.
     """
     w, h = image.size
-    if target.shape != (h, w):
+    if target is not None and target.shape != (h, w):
         raise ValueError(f"target map {target.shape[1]}x{target.shape[0]} does not match the {w}x{h} image")
     s = min(w, h)
     box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
     pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box))
+    if target is None:
+        return pixels, None
     resized = Image.fromarray(target).resize((size, size), Image.Resampling.NEAREST, box=box)
     return pixels, np.asarray(resized, dtype=target.dtype)
 
@@ -66,7 +69,8 @@ class _Decoded(Dataset):
     """Samples ``start..`` of a split, decoded and resized in DataLoader workers; a failure comes back as text.
     With ``classes``, a label outside 0..classes−1 that is not 255 (ignore) is a failure."""
 
-    def __init__(self, samples: tuple[Sample, ...], start: int, size: int, dtype: np.dtype, classes: int | None) -> None:
+    def __init__(self, samples: tuple[Sample, ...], start: int, size: int, dtype: np.dtype | None,
+                 classes: int | None) -> None:
         self.samples, self.start, self.size, self.dtype, self.classes = samples, start, size, dtype, classes
 
     def __len__(self) -> int:
@@ -80,7 +84,8 @@ class _Decoded(Dataset):
                 bad = np.unique(target[(target >= self.classes) & (target != IGNORE)])
                 if bad.size:
                     raise ValueError(f"label values {bad[:5].tolist()} are not classes 0..{self.classes - 1} or {IGNORE} (ignore)")
-            pixels, target = centre_square(image, target.astype(self.dtype, copy=False), self.size)
+            pixels, target = centre_square(image, None if self.dtype is None else target.astype(self.dtype, copy=False),
+                                           self.size)
         except Exception as e:  # noqa: BLE001 - Pillow, h5py and numpy raise many types for a bad file
             return None, None, f"cannot read sample {sample.name}: {first_line(e)}"
         return pixels, target, None
@@ -91,46 +96,48 @@ class SplitCache:
     """The cached arrays of one split (memory-mapped)."""
 
     images: np.ndarray
-    targets: np.ndarray
+    targets: np.ndarray | None  # None: cached without targets (object discovery has only boxes)
     feats: np.ndarray
     flipped: np.ndarray | None
 
     @classmethod
     def of(cls, arrays: dict[str, np.ndarray]) -> SplitCache:
-        return cls(arrays["images"], arrays["targets"], arrays["feats"], arrays.get("flipped"))
+        return cls(arrays["images"], arrays.get("targets"), arrays["feats"], arrays.get("flipped"))
 
     def __len__(self) -> int:
         return len(self.feats)
 
-    def batch(self, index: Tensor, flip: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """Images (B, 3, S, S) uint8, features (B, C, h, w) float32 and targets (B, S, S) of samples ``index``,
-        those with ``flip`` mirrored (image, target, and the features of the mirrored image)."""
+    def batch(self, index: Tensor, flip: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Images (B, 3, S, S) uint8, features (B, C, h, w) float32 and targets (B, S, S) (None if not cached) of
+        samples ``index``, those with ``flip`` mirrored (image, target, and the features of the mirrored image)."""
         idx = index.numpy()
         pixels = torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).contiguous()
         feats = torch.from_numpy(self.feats[idx])
-        targets = torch.from_numpy(self.targets[idx])
+        targets = None if self.targets is None else torch.from_numpy(self.targets[idx])
         if flip is not None and bool(flip.any()):
             if self.flipped is None:
                 raise ValueError("this split was cached without the mirrored features")
             pixels[flip] = pixels[flip].flip(-1)
-            targets[flip] = targets[flip].flip(-1)
+            if targets is not None:
+                targets[flip] = targets[flip].flip(-1)
             feats[flip] = torch.from_numpy(self.flipped[idx[flip.numpy()]])
-        return pixels.to(device), feats.to(device).float(), targets.to(device)
+        return pixels.to(device), feats.to(device).float(), None if targets is None else targets.to(device)
 
 
-def cache_key(dataset: str, split: Split, size: int, flip: bool, backbone: Backbone, target_dtype: np.dtype,
+def cache_key(dataset: str, split: Split, size: int, flip: bool, backbone: Backbone, target_dtype: np.dtype | None,
               classes: int | None, precision: str = "fp32") -> dict[str, Any]:
     """Everything the cached arrays depend on."""
     samples = hashlib.sha256(json.dumps([s.fingerprint() for s in split.samples]).encode()).hexdigest()
     return {"format": FORMAT, "dataset": dataset, "split": split.name, "images": len(split.samples), "samples": samples,
-            "size": size, "flip": flip, "target_dtype": np.dtype(target_dtype).name, "classes": classes,
+            "size": size, "flip": flip, "target_dtype": None if target_dtype is None else np.dtype(target_dtype).name, "classes": classes,
             "backbone": backbone.config(), "precision": precision}
 
 
 def build_cache(root: str | os.PathLike, dataset: str, split: Split, *, size: int, flip: bool, backbone: Backbone,
-                device: torch.device, target_dtype: np.dtype, classes: int | None = None, workers: int = 0,
+                device: torch.device, target_dtype: np.dtype | None, classes: int | None = None, workers: int = 0,
                 progress: bool = True, precision: str = "fp32") -> SplitCache:
     """Decode, resize and encode ``split`` once under ``root`` (or reuse/resume a folder with the same key).
+    ``target_dtype`` None: no target maps are kept (the samples' ``load`` may give None for them);
     ``classes``: the number of classes the label maps must fit (segmentation); ``precision``: of the backbone
     (:func:`wrcli.precision.autocast`), part of the key."""
     if size % backbone.patch_size:
@@ -145,7 +152,8 @@ def build_cache(root: str | os.PathLike, dataset: str, split: Split, *, size: in
         return SplitCache.of({name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in shapes})
     arrays = open_arrays(folder, shapes, resume=done > 0)
     write_meta(meta, key, done)
-    loader = DataLoader(_Decoded(split.samples, done, size, np.dtype(target_dtype), classes), batch_size=BACKBONE_BATCH,
+    dtype = None if target_dtype is None else np.dtype(target_dtype)
+    loader = DataLoader(_Decoded(split.samples, done, size, dtype, classes), batch_size=BACKBONE_BATCH,
                         num_workers=workers, collate_fn=list)
     bar = Progress(len(split.samples) - done, f"features {dataset} {split.name}", enabled=progress)
     with torch.inference_mode(), autocast(device, precision):
@@ -157,12 +165,11 @@ def build_cache(root: str | os.PathLike, dataset: str, split: Split, *, size: in
     return SplitCache.of(arrays)
 
 
-def _shapes(n: int, size: int, channels: int, grid: int, target_dtype: np.dtype, flip: bool) -> Shapes:
+def _shapes(n: int, size: int, channels: int, grid: int, target_dtype: np.dtype | None, flip: bool) -> Shapes:
     """name → (shape, dtype) of the cached arrays of ``n`` images (see the module docstring)."""
-    shapes: Shapes = {
-        "images": ((n, size, size, 3), np.uint8), "targets": ((n, size, size), target_dtype),
-        "feats": ((n, channels, grid, grid), np.float16),
-    }
+    shapes: Shapes = {"images": ((n, size, size, 3), np.uint8), "feats": ((n, channels, grid, grid), np.float16)}
+    if target_dtype is not None:
+        shapes["targets"] = ((n, size, size), target_dtype)
     if flip:
         shapes["flipped"] = shapes["feats"]
     return shapes
@@ -192,7 +199,8 @@ def _encode(batch: list[tuple[np.ndarray | None, np.ndarray | None, str | None]]
     pixels = np.stack([p for p, _, _ in batch])
     x = backbone.normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device))
     arrays["images"][a:b] = pixels
-    arrays["targets"][a:b] = np.stack([t for _, t, _ in batch])
+    if "targets" in arrays:
+        arrays["targets"][a:b] = np.stack([t for _, t, _ in batch])
     arrays["feats"][a:b] = backbone(x).to(torch.float16).cpu().numpy()
     if "flipped" in arrays:
         arrays["flipped"][a:b] = backbone(x.flip(-1)).to(torch.float16).cpu().numpy()
