@@ -147,6 +147,14 @@ def _eval_output(report: dict, title: str, out: str | None, json_out: bool) -> N
     _emit(report, out, json_out, lambda: results_table(title, report["results"], metrics), 14 * (len(metrics) + 1))
 
 
+def _run_eval(task: Any, upsampler: str, backbone: str, backbone_weights: str | None, device: str,
+              precision: str) -> dict:
+    """The report of an eval ``task`` with the options every eval command shares."""
+    from wrcli.eval.task import RunOptions, run_task
+
+    return run_task(task, RunOptions(upsampler, backbone, backbone_weights, device, precision=precision), _command())
+
+
 def _probe_title(report: dict) -> str:
     data, proto = report["dataset"], report["protocol"]
     seeds = len(proto["seeds"])
@@ -248,11 +256,9 @@ def eval_corr_cmd(
     """Keypoint correspondence (PCK@0.1/0.05/0.01 on SPair-71k or a pairs file) and dense stereo correspondence
     (PCK at 1/2/4/8 px and EPE), every upsampler on the same backbone features."""
     from wrcli.eval.correspondence import corr_task
-    from wrcli.eval.task import RunOptions, run_task
-
     task = corr_task(dataset, path, imsize=imsize, scale=scale, split=split, pairs_per_category=pairs_per_category,
                      seed=seed, stride=stride, limit=limit)
-    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device, precision=precision), _command())
+    report = _run_eval(task, upsampler, backbone, backbone_weights, device, precision)
     data, proto = report["dataset"], report["protocol"]
     title = f"{dataset}: {data['pairs']} pairs, {data['points']} points, imsize {proto['imsize']}, scale {proto['scale']}"
     _eval_output(report, title, out, json_out)
@@ -281,12 +287,11 @@ def eval_vos_cmd(
 ) -> None:
     """Semi-supervised video object segmentation by label propagation (DAVIS J, F, J&F), every upsampler on the
     same backbone features. Sequences that cannot be scored are listed on stderr and in the report."""
-    from wrcli.eval.task import RunOptions, run_task
     from wrcli.eval.vos import vos_task
 
     task = vos_task(root, imsize=imsize, scale=scale, context=context, topk=topk, radius=radius,
                     temperature=temperature, protocol=protocol, limit=limit, masks_out=masks_out, cache=cache)
-    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device, precision=precision), _command())
+    report = _run_eval(task, upsampler, backbone, backbone_weights, device, precision)
     for name, reason in report["errors"].items():
         typer.echo(f"wrc: warning: {name} left out: {reason}", err=True)
     data, proto = report["dataset"], report["protocol"]
@@ -318,11 +323,9 @@ def eval_discovery_cmd(
     """Unsupervised object discovery: one box per image from TokenCut or LOST on the upsampled features, scored
     by CorLoc (IoU ≥ 0.5 with any ground-truth box), every upsampler on the same backbone features."""
     from wrcli.eval.discovery import discovery_task
-    from wrcli.eval.task import RunOptions, run_task
-
     task = discovery_task(dataset, root, imsize=imsize, scale=scale, method=method, tau=tau, k=k,
                           filenames=filenames, limit=limit, cache=cache)
-    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device, precision=precision), _command())
+    report = _run_eval(task, upsampler, backbone, backbone_weights, device, precision)
     data, proto = report["dataset"], report["protocol"]
     title = (f"{dataset} · {method}: {data['images']} images ({data['skipped']} skipped), imsize {proto['imsize']}, "
              f"scale {proto['scale']}")
@@ -355,12 +358,11 @@ def eval_ovseg_cmd(
     """Training-free open-vocabulary segmentation (mIoU, aAcc): CLIP names the classes, the upsampled backbone
     features decide the grouping (ProxyCLIP), every upsampler on the same features."""
     from wrcli.eval.ovseg import ovseg_task
-    from wrcli.eval.task import RunOptions, run_task
 
     presets = {k: v for k, v in (("crop", crop), ("stride", stride), ("prob_thd", prob_thd)) if v is not None}
     task = ovseg_task(root, dataset=dataset, classes=classes, method=method, clip_model=clip_model,
                       clip_weights=clip_weights, imsize=imsize, scale=scale, limit=limit, cache=cache, **presets)
-    report = run_task(task, RunOptions(upsampler, backbone, backbone_weights, device, precision=precision), _command())
+    report = _run_eval(task, upsampler, backbone, backbone_weights, device, precision)
     data, proto = report["dataset"], report["protocol"]
     title = f"ovseg {method}, {proto['classes']}: {data['evaluated']}/{data['images']} images, scale {proto['scale']}"
     _eval_output(report, title, out, json_out)
