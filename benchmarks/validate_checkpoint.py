@@ -4,7 +4,8 @@ reports at its end, for any checkpoint file (e.g. the float16 copy that ships in
     python benchmarks/validate_checkpoint.py CKPT --images ../shared/data/photos --val 0.1 \
         --weights ../shared/weights/dinov2_vits14.safetensors [--cache DIR] [--json out.json]
 
-The held-out split, the targets (full-size and tiled-quadrant features) and the metrics are those of
+The held-out split, the targets (full-size and tiled-quadrant features) and the metrics (cosine, MSE, and per image
+the contrast: the mean pairwise cosine of the output's pixels against the targets') are those of
 `wrcli.training.validation`; with ``--cache`` the validation entries of a training cache are reused.
 """
 
@@ -57,6 +58,12 @@ def main() -> None:
     result["seconds"] = time.monotonic() - start
     result["checkpoint"] = args.checkpoint
     print(validation.describe(result))
+    per_image = result["contrast"]["per_image"]
+    gaps = [m - t for m, t in zip(per_image["model"], per_image["full"])]
+    worst = max(range(len(gaps)), key=lambda i: abs(gaps[i]))
+    print(f"contrast gap (model − full target) per image: mean {sum(gaps) / len(gaps):+.4f}, worst {gaps[worst]:+.4f} "
+          f"({held[worst].name}), within ±0.02 on {sum(abs(g) <= 0.02 for g in gaps)} of {len(gaps)} images")
+    result["images_held_out"] = [i.name for i in held]
     if args.json:
         write_report(args.json, result)
 

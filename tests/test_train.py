@@ -193,10 +193,10 @@ def test_training_reduces_the_loss_and_writes_a_loadable_model(setup, tmp_path, 
     logs = [json.loads(line) for line in (tmp_path / "wrc.safetensors.log.jsonl").read_text().splitlines()]
     steps = [r for r in logs if "loss" in r]
     assert [r["step"] for r in steps] == [5, 10, 15, 20, 25, 30]
-    assert set(steps[0]) == {"step", "loss", "local", "down", "aug", "lr", "images_per_s", "elapsed"}
+    assert set(steps[0]) == {"step", "loss", "local", "down", "aug", "affinity", "lr", "images_per_s", "elapsed"}
     assert steps[-1]["loss"] < 0.8 * steps[0]["loss"], [r["loss"] for r in steps]
     assert result["completed"] and result["steps"] == 30 and result["images"] == 6 and result["skipped"] == 0
-    assert set(result["losses"]) == {"loss", "local", "down", "aug"}
+    assert set(result["losses"]) == {"loss", "local", "down", "aug", "affinity"}
     assert [r["step"] for r in logs if "validation" in r] == [10, 20, 30]
     assert logs[-1]["validation"] == result["validation"]
     assert "loss" in caplog.text and "bilinear cos" in caplog.text
@@ -321,12 +321,21 @@ def test_cached_training_never_calls_the_backbone_and_stale_entries_are_rebuilt(
 
 
 @pytest.mark.slow
+def dense_contrast(features: torch.Tensor) -> torch.Tensor:
+    """The mean off-diagonal entry of the explicit N×N matrix of pixel cosines, per map (float64 oracle)."""
+    flat = features.double().flatten(2)
+    cos = F.cosine_similarity(flat[:, :, :, None], flat[:, :, None, :], dim=1)
+    n = cos.shape[-1]
+    return (cos.sum(dim=(-2, -1)) - cos.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
+
+
 def test_validation_reports_model_and_an_independent_bilinear(setup, tmp_path):
     out = tmp_path / "m.safetensors"
     result = train(setup["images"], str(out), options(setup, steps=2, precision="fp32"))  # the references are fp32
     backbone = load_backbone(ARCH, setup["weights"]["tiny"], **TINY)
     model = load_upsampler(out, backbone)
     sums = {(m, t): [0.0, 0.0] for m in ("model", "bilinear") for t in ("full", "tiles")}
+    contrast = {name: [] for name in ("model", "bilinear", "full", "tiles")}
     paths = sorted(Path(setup["val"]).iterdir())
     half = SIZE // 2
     with torch.no_grad():
@@ -342,10 +351,16 @@ def test_validation_reports_model_and_an_independent_bilinear(setup, tmp_path):
             targets = {"full": backbone(backbone.normalize(image)), "tiles": tiles}
             for name, up in (("model", model(feats, backbone.normalize(low))),
                              ("bilinear", F.interpolate(feats, scale_factor=2, mode="bilinear"))):
+                contrast[name].append(dense_contrast(up).item())
                 for t, target in targets.items():
                     sums[name, t][0] += F.cosine_similarity(up, target, dim=1).mean().item() / len(paths)
                     sums[name, t][1] += (up - target).square().mean().item() / len(paths)
+            for t, target in targets.items():
+                contrast[t].append(dense_contrast(target).item())
     val = result["validation"]
+    for name, values in contrast.items():  # per image, in the validation images' order, and their mean
+        assert val["contrast"]["per_image"][name] == pytest.approx(values, abs=1e-5)
+        assert val["contrast"][name] == pytest.approx(sum(values) / len(values), abs=1e-5)
     assert val["images"] == 2
     for (name, t), (cos, mse) in sums.items():
         assert val[name][t]["cos"] == pytest.approx(cos, abs=1e-5)

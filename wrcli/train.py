@@ -27,11 +27,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from wrcli.errors import WrcError
 from wrcli.runtime import Rank, current_rank
 from wrcli.session import open_session
 from wrcli.training.builder import build_run
@@ -54,12 +56,21 @@ def train(images: str | Sequence[str], out: str, opts: TrainOptions) -> dict[str
     """
     files, rank = RunFiles.of(out, opts.log_file), current_rank()
     check_writable(files)  # before anything loads: not after the last step
+    _check_init(opts.init)
     claim(files, resume=opts.resume, overwrite=opts.overwrite, main=rank.is_main)
     torch.manual_seed(opts.seed)
     session = open_session(None, backbone=opts.backbone, weights=opts.backbone_weights, device=opts.device,
                            precision=opts.precision, **(opts.backbone_kwargs or {}))
     with _process_group(rank, session.device):
         return build_run(images, files, opts, rank, session).run()
+
+
+def _check_init(init: str | None) -> None:
+    """A ``--init`` that is neither a registry name nor an existing file is refused before anything loads."""
+    from wrcli.models import list_upsamplers
+
+    if init is not None and init not in list_upsamplers() and not Path(init).is_file():
+        raise WrcError(f"--init: checkpoint not found: {init} (give a .safetensors file from wrc train, or wrc)")
 
 
 @contextmanager

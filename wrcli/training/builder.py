@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from wrcli.backbones import Backbone
 from wrcli.errors import WrcError
-from wrcli.models import Upsampler, create_upsampler
+from wrcli.files import file_sha256
+from wrcli.models import Upsampler, create_upsampler, load_upsampler
 from wrcli.models.wrc import SOLVER_NAMES
 from wrcli.runtime import Rank
 from wrcli.session import Session
@@ -59,7 +61,8 @@ def build_run(images: str | Sequence[str], files: RunFiles, opts: TrainOptions, 
     torch.manual_seed(opts.seed)
     warmup = min(opts.warmup, opts.steps // 10)
     learner = _learner(opts, backbone, device, rank.world, warmup)
-    fingerprint = _fingerprint(opts, identity, rank.world, warmup, split, session.precision)
+    init = _initialise(learner.model, opts.init, backbone) if opts.init is not None else None
+    fingerprint = _fingerprint(opts, identity, rank.world, warmup, split, session.precision, init)
     saved = _saved_state(files.state, fingerprint, rank.is_main) if opts.resume else None
     run = TrainingRun(opts, files.out, files.state, files.log, rank, device, backbone,
                       identity, split, _sources(opts, split, session, identity, rank), learner, fingerprint,
@@ -79,16 +82,38 @@ def _learner(opts: TrainOptions, backbone: Backbone, device: torch.device, world
     return Learner(model, objective, optimizer, scheduler)
 
 
+def _initialise(model: Upsampler, init: str, backbone: Backbone) -> dict[str, Any]:
+    """Load the weights (and batch-norm statistics) of checkpoint ``init`` (a file, or a name with a shipped
+    checkpoint for this backbone) into the fresh ``model``: a warm start. The checkpoint must be a trained model of
+    the same network (its solver may differ: the parameters are the same); returns what the run records of it."""
+    with warnings.catch_warnings():  # a name without a checkpoint is refused below, not warned about
+        warnings.simplefilter("ignore", UserWarning)
+        source = load_upsampler(init, backbone)
+    if source.checkpoint is None:
+        raise WrcError(f"--init {init}: no trained checkpoint of that name for {backbone.name}; give a checkpoint file")
+    theirs, ours = source.config["options"], model.config["options"]
+    if type(source) is not type(model) or theirs != ours:
+        raise WrcError(f"--init {init}: {source.checkpoint.name} is a {source.name!r} upsampler with options {theirs}, "
+                       f"this run trains {model.name!r} with {ours}; train with the checkpoint's settings (e.g. --skip)")
+    model.load_state_dict(source.state_dict())
+    provenance = source.provenance or {}
+    record = {"file": source.checkpoint.name, "sha256": file_sha256(source.checkpoint), "upsampler": source.name,
+              "steps": provenance.get("steps"), "samples": provenance.get("samples")}
+    log.info("starting from the weights of %s (%s, %s steps)", source.checkpoint, source.name, record["steps"])
+    return record
+
+
 def _fingerprint(opts: TrainOptions, identity: dict, world: int, warmup: int, split: data.ImageSplit,
-                 precision: str) -> dict[str, Any]:
+                 precision: str, init: dict[str, Any] | None) -> dict[str, Any]:
     """Every setting that changes the result, resolved (a recipe counts by the values it gives, not its name;
-    ``precision`` as the session resolved it)."""
+    ``precision`` as the session resolved it; ``init`` what :func:`_initialise` records of the starting weights)."""
     return {
         "solver": opts.solver, "skip": opts.skip, "mse": opts.mse, "backbone": identity,
         "backbone_kwargs": opts.backbone_kwargs, "size": opts.size, "crops": opts.crops, "batch_size": opts.batch_size,
         "world_size": world, "lr": opts.lr, "weight_decay": opts.weight_decay, "warmup": warmup, "steps": opts.steps,
         "clip_grad": opts.clip_grad, "seed": opts.seed, "down_weight": opts.down_weight,
-        "aug_weight": opts.aug_weight, "cached": opts.cache is not None,
+        "aug_weight": opts.aug_weight, "affinity_weight": opts.affinity_weight, "init": init,
+        "cached": opts.cache is not None,
         "cache_variants": opts.cache_variants if opts.cache is not None else None,
         "data_sha256": data.list_sha256(split.train), "precision": precision,
     }

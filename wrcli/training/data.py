@@ -178,3 +178,21 @@ class StepSampler(Sampler[list[Item]]):
                 epoch, order = e, epoch_order(self.count, self.seed, e)
             first = (i * self.world + self.rank) * self.batch
             yield [(order[pos], recipe.mix_seed(self.seed, e, pos)) for pos in range(first, first + self.batch)]
+
+
+def samples_seen(count: int, batch: int, seed: int, steps: int, world: int = 1, variants: int | None = None) -> dict[str, int]:
+    """{"draws", "distinct"} of steps 0..steps-1 over all ranks: draws = steps·batch·world; distinct counts the
+    different (image, cached crop set) pairs drawn with a cache of ``variants`` crop sets per image (the crop set
+    is chosen as :class:`wrcli.training.samples.CachedSamples` does), and every draw without one (``variants``
+    None: fresh random crops each time). The augmentation is drawn afresh either way and not counted."""
+    draws = steps * batch * world
+    if variants is None:
+        return {"draws": draws, "distinct": draws}
+    pairs = {
+        (index, recipe.mix_seed(sample_seed, "variant") % variants)
+        for rank in range(world)
+        for items in StepSampler(count, batch, seed, 0, steps, rank, world)
+        for index, sample_seed in items
+    }
+    return {"draws": draws, "distinct": len(pairs)}
+

@@ -29,6 +29,7 @@ from wrcli.runtime import Rank
 from . import data, validation
 from .options import TrainOptions
 from .outputs import start_log
+from .affinity import affinity_loss
 from .recipe import cosine_mse, crop_windows
 from .state import rng_states, save_state, set_rng_states
 from .stop import StopFlag, ignore_stop_signals
@@ -36,7 +37,7 @@ from .targets import train_targets
 
 log = logging.getLogger(__name__)
 
-TERMS = ("local", "down", "aug")
+TERMS = ("local", "down", "aug", "affinity")
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -234,15 +235,22 @@ class TrainingRun:
             output, augmented = self.learner.objective(feats, backbone.normalize(lr),
                                                        backbone.normalize(batch["aug"].to(device)))
         loss = functools.partial(cosine_mse, normalise=self.opts.mse == "range")
+        windows = crop_windows(output, batch["offsets"], backbone.patch_size)
+        weight = self.opts.affinity_weight
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):  # logged either way
+            pairs = affinity_loss(windows, crop_feats) + affinity_loss(output, down_feats)
         terms = {
-            "local": loss(crop_windows(output, batch["offsets"], backbone.patch_size), crop_feats),
+            "local": loss(windows, crop_feats),
             "down": loss(output, down_feats),  # authors: criterion(backbone feats, output), i.e. min-max by the output
             # Target of the augmentation term: the clean-guided output without gradient. The authors run the
             # upsampler a third time under no_grad for it; the values are identical (same inputs, batch-norm in
             # training mode), but their batch-norm running statistics see that clean batch twice per step.
             "aug": loss(augmented, output.detach()),
+            "affinity": pairs,  # the pairwise cosines of the local windows and the whole output against their targets'
         }
         terms["loss"] = terms["local"] + self.opts.down_weight * terms["down"] + self.opts.aug_weight * terms["aug"]
+        if weight > 0:
+            terms["loss"] = terms["loss"] + weight * pairs
         return terms
 
     def _stop_everywhere(self, requested: bool) -> bool:
@@ -271,7 +279,7 @@ class TrainingRun:
         rate = len(window) * self.opts.batch_size * self.rank.world / max(span, 1e-9)
         record = {"step": self.step, **values, "lr": used_lr, "images_per_s": rate, "elapsed": elapsed}
         self._log(record, f"step {self.step}/{self.opts.steps}  loss {values['loss']:.4f} (local {values['local']:.4f}, "
-                          f"down {values['down']:.4f}, aug {values['aug']:.4f})  lr {used_lr:.2e}  {rate:.2f} img/s")
+                          f"down {values['down']:.4f}, aug {values['aug']:.4f}, affinity {values['affinity']:.4f})  lr {used_lr:.2e}  {rate:.2f} img/s")
         return values
 
     def _validate(self) -> dict[str, Any] | None:
@@ -296,7 +304,11 @@ class TrainingRun:
         return {
             "command": command_line(sys.argv[1:]), "recipe": opts.recipe, "options": opts.as_dict(),
             "objective": "self-supervised WRC training: local crops + down + augmentation consistency, cosine + "
-                         + ("range-scaled MSE (Cosine_MSE)" if opts.mse == "range" else "plain MSE"),
+                         + ("range-scaled MSE (Cosine_MSE)" if opts.mse == "range" else "plain MSE")
+                         + (f" + {opts.affinity_weight:g} × affinity" if opts.affinity_weight > 0 else ""),
+            "init": self.fingerprint.get("init"),
+            "samples": data.samples_seen(len(self.images.train), opts.batch_size, opts.seed, self.step, self.rank.world,
+                                         opts.cache_variants if opts.cache is not None else None),
             "data": {"images": len(self.images.train), "list_sha256": self.fingerprint["data_sha256"],
                      "skipped": self.images.skipped, "validation": self.images.split},
             "backbone": self.identity, "steps": self.step, "seconds": seconds, "device": device,

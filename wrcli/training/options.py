@@ -19,7 +19,7 @@ from wrcli.models.wrc import SOLVER_NAMES
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """What to train and how. ``lr``, ``skip`` and ``mse`` left at None take the values of ``recipe``
+    """What to train and how. ``lr``, ``skip``, ``mse`` and ``affinity_weight`` left at None take the values of ``recipe``
     (:data:`wrcli.defaults.TRAIN_RECIPES`): ``wrcli``, the recipe of the shipped checkpoint, or
     ``published``, the authors'; given values override the recipe. They are resolved on construction, so
     ``TrainOptions().skip`` is True; ``dataclasses.replace(opts, recipe=...)`` keeps the resolved values (build
@@ -42,6 +42,10 @@ class TrainOptions:
     crops: int = 4  # local crops per image
     down_weight: float = 1.0  # weight of the down term (the authors' loop: 1; their config names an unused 0.1)
     aug_weight: float = 1.0  # weight of the augmentation-consistency term (likewise)
+    affinity_weight: float | None = None  # weight of the affinity term (pairwise cosines of the local and down
+    # terms' outputs against their targets', wrcli.training.affinity); None: the recipe's (wrcli 1, published 0)
+    init: str | None = None  # start from this checkpoint's weights with a fresh optimiser and schedule (with resume:
+    # only when there is no training state yet)
     device: str = "auto"  # auto, cpu, cuda or cuda:N (under torchrun, auto/cuda take the local rank's GPU)
     precision: str = "auto"  # auto, fp32 or bf16 (wrcli.precision): autocast of the backbone targets and the upsampler
     workers: int = 2  # DataLoader processes that decode and augment images (0: in the main process)
@@ -77,8 +81,8 @@ def _check(opts: TrainOptions) -> None:
     positive = ("steps", "batch_size", "crops", "cache_variants", "log_every", "checkpoint_every")
     bad = [f"{k}={getattr(opts, k)}" for k in positive if getattr(opts, k) < 1]
     bad += [f"{k}={getattr(opts, k)}" for k in ("warmup", "val_every", "workers") if getattr(opts, k) < 0]
-    if opts.lr <= 0 or opts.weight_decay < 0 or opts.down_weight < 0 or opts.aug_weight < 0:
-        bad.append("lr > 0 and non-negative weight_decay, down_weight, aug_weight are needed")
+    if opts.lr <= 0 or min(opts.weight_decay, opts.down_weight, opts.aug_weight, opts.affinity_weight) < 0:
+        bad.append("lr > 0 and non-negative weight_decay, down_weight, aug_weight, affinity_weight are needed")
     if opts.stop_after is not None and opts.stop_after < 1:
         bad.append(f"stop_after={opts.stop_after}")
     if bad:

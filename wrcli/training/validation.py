@@ -4,8 +4,10 @@ For each held-out image (size S): the upsampler takes the features of the S/2 vi
 Targets on that grid: ``full``, the backbone's own 2h×2h features of the S×S image; ``tiles``, the features
 of the image's four S/2 quadrants, each seen at the low-res view's size (the recipe's local-crop targets,
 tiling the image). Reported per target: the mean cosine similarity over pixels and the MSE over all values,
-for the model and for bilinear ×2 (align_corners=False) on the same features. Ranks split the images and
-sum their statistics.
+for the model and for bilinear ×2 (align_corners=False) on the same features, and per image the contrast
+(:func:`wrcli.training.affinity.mean_pairwise_cosine`, lower is more contrast) of the model's output, of
+bilinear's and of both targets: an output whose pixels regress towards a common direction has a higher value
+than its target. Ranks split the images and sum their statistics.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from torch.utils.data import DataLoader, Dataset
 from wrcli.backbones import Backbone
 from wrcli.precision import autocast
 
+from .affinity import mean_pairwise_cosine
 from .cache import read_val_entry
 from .data import ImageRef, decode
 from .targets import val_targets
 
 TARGETS = ("full", "tiles")
+CONTRASTS = ("model", "bilinear", *TARGETS)  # the maps whose contrast is reported, per image
 Sample = tuple[Tensor, Tensor, Tensor, Tensor]  # (uint8 low-res view, its features, full, tiles), one image
 
 
@@ -69,38 +73,45 @@ def _stats(pred: Tensor, target: Tensor) -> Tensor:
 @torch.no_grad()
 def validate(model: nn.Module, normalize: Callable[[Tensor], Tensor], sample: Callable[[int], Sample], count: int,
              device: torch.device, *, batch: int, rank: int = 0, world: int = 1) -> dict:
-    """{"images", "model": {"full": {"cos", "mse"}, "tiles": {"cos", "mse"}}, "bilinear": {…}} over samples
-    0..count-1 (this rank takes every ``world``-th one; the sums are all-reduced). The model runs in eval
-    mode, float32."""
+    """{"images", "model": {"full": {"cos", "mse"}, "tiles": {"cos", "mse"}}, "bilinear": {…}, "contrast": {"model",
+    "bilinear", "full", "tiles": the mean over images, "per_image": {the same names: one value per image}}} over
+    samples 0..count-1 (this rank takes every ``world``-th one; the sums are all-reduced). The model runs in
+    eval mode, float32."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, 2, 4, dtype=torch.float64)  # (model, bilinear) × (full, tiles) × _stats
+    contrast = torch.zeros(count, len(CONTRASTS), dtype=torch.float64)  # per image, zero where another rank's
     mine = list(range(rank, count, world))
     for start in range(0, len(mine), batch):
-        lr, lr_feats, *targets = (torch.stack(t).to(device) for t in zip(*(sample(i) for i in mine[start : start + batch])))
+        indices = mine[start : start + batch]
+        lr, lr_feats, *targets = (torch.stack(t).to(device) for t in zip(*(sample(i) for i in indices)))
         out = model(lr_feats, normalize(lr))
         bilinear = F.interpolate(lr_feats, scale_factor=2, mode="bilinear", align_corners=False)
         for m, pred in enumerate((out, bilinear)):
             for t, target in enumerate(targets):
                 totals[m, t] += _stats(pred, target)
+        maps = (out, bilinear, *targets)
+        contrast[indices] = torch.stack([mean_pairwise_cosine(x).double().cpu() for x in maps], dim=1)
     model.train(was_training)
     if world > 1:
-        totals = totals.to(device)
-        dist.all_reduce(totals)
-        totals = totals.cpu()
+        both = torch.cat([totals.flatten(), contrast.flatten()]).to(device)
+        dist.all_reduce(both)
+        totals, contrast = both[: totals.numel()].view_as(totals).cpu(), both[totals.numel() :].view_as(contrast).cpu()
     result: dict = {"images": count}
     for name, rows in zip(("model", "bilinear"), totals.tolist()):
         result[name] = {
             target: {"cos": cos / max(pixels, 1), "mse": sq / max(values, 1)}
             for target, (cos, pixels, sq, values) in zip(TARGETS, rows)
         }
+    result["contrast"] = {name: float(column.mean()) if count else 0.0 for name, column in zip(CONTRASTS, contrast.T)}
+    result["contrast"]["per_image"] = {name: column.tolist() for name, column in zip(CONTRASTS, contrast.T)}
     return result
 
 
 def describe(result: dict) -> str:
     """One line: model and bilinear side by side, per target."""
-    m, b = result["model"], result["bilinear"]
+    m, b, c = result["model"], result["bilinear"], result["contrast"]
     return f"validation ({result['images']} images): " + " | ".join(
         f"{t}: model cos {m[t]['cos']:.4f} mse {m[t]['mse']:.4f}, bilinear cos {b[t]['cos']:.4f} mse {b[t]['mse']:.4f}"
         for t in TARGETS
-    )
+    ) + " | contrast (mean pairwise cosine) " + ", ".join(f"{name} {c[name]:.4f}" for name in CONTRASTS)
