@@ -428,7 +428,7 @@ def _print_json(data: object) -> None:
 
 @app.command("extract")
 def extract_cmd(
-    src: str = typer.Argument(..., help="Image folder (recursive), glob, text file with one path per line, or - for paths on stdin."),
+    src: str = typer.Argument(..., help="Image folder (recursive), glob, text file with one path per line, - for paths on stdin, WebDataset tar shards ('shards/{00000..00099}.tar', pipe:CMD, a list of shards), or a table (.parquet, .csv, .tsv)."),
     out: str = typer.Argument(..., help="Output store: *.zarr (Zarr v3) or *.h5 / *.hdf5 (HDF5)."),
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
@@ -448,25 +448,39 @@ def extract_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing store made with other settings or images."),
     fmt: Optional[str] = typer.Option(None, "--format", callback=_one_of("zarr", "hdf5"), help="zarr or hdf5 (default: from OUT's suffix)."),
     shard_size: Optional[int] = typer.Option(None, min=1, help="Images per shard, the unit of work and of resume (default: ~64 MiB of padded features)."),
+    path_column: Optional[str] = typer.Option(None, help="Table SRC: the column of image paths (relative ones are read relative to the table's folder)."),
+    bytes_column: Optional[str] = typer.Option(None, help="Parquet SRC: the column of encoded images (binary, or a struct with a 'bytes' field)."),
+    keep_columns: Optional[str] = typer.Option(None, help="Table SRC: columns copied into the store per image, comma-separated, e.g. id,caption."),
     json_out: bool = typer.Option(False, "--json", help="Print a one-line JSON summary on stdout."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON record per image on stdout."),
 ) -> None:
     """Extract upsampled features of every image into a Zarr or HDF5 store (resumable: rerun to finish).
 
     Exit status 3 means the store is complete but some inputs failed (their reasons are in the store)."""
+    from wrcli.data.tables import TableOptions, is_table, resolve
     from wrcli.stores import store_format
 
     try:  # before torch and the backbone load: a wrong OUT is a usage error, reported at once
         store_format(out, fmt)
     except WrcError as exc:
         raise typer.BadParameter(str(exc), param_hint="OUT") from None
+    kept = tuple(name.strip() for name in (keep_columns or "").split(",") if name.strip())
+    table = TableOptions(path_column, bytes_column, kept)
+    if table.given():  # so are the table's columns: only its schema is read
+        if not is_table(src):
+            raise typer.BadParameter("--path-column, --bytes-column and --keep-columns apply to a table SRC "
+                                     "(an existing .parquet, .pq, .csv or .tsv file)", param_hint="SRC")
+        try:
+            resolve(src, table)
+        except WrcError as exc:
+            raise typer.BadParameter(str(exc), param_hint="SRC") from None
     from wrcli.extract import ExtractOptions, extract
 
     opts = ExtractOptions(
         backbone=backbone, backbone_weights=backbone_weights, layers=_layers(layers), upsampler=upsampler,
         scale=scale, out_size=_hw(out_size, "--out-size"), size=size, crop=crop, max_side=max_side, dtype=dtype,
         batch_size=batch_size, workers=workers, device=device, precision=precision, limit=limit, overwrite=overwrite,
-        format=fmt, shard_size=shard_size,
+        format=fmt, shard_size=shard_size, table=table,
     )
     summary = extract(
         src, out, opts, stdin=sys.stdin if src == "-" else None, on_record=_print_json if jsonl else None,

@@ -8,6 +8,16 @@ torchrun/SLURM job writes exactly the store a single process would, and a rerun 
 redoes the shards that were not marked done, whose files changed since, or that hold an image whose file's
 (size, mtime_ns) differs from the one recorded when it was read (one ``stat`` per image of a done shard).
 A rerun of a finished store that needs none of that writes nothing, and also runs where OUT's folder is read-only.
+
+Tar shards as input (:mod:`wrcli.data.tars`). The tars are listed first (one forward pass each: member headers
+only for local uncompressed tars), which fixes the image list, its order (tar by tar, members in tar order) and so
+the store's shards of images, as for any SRC. The store's shards may span two tars; the tars are dealt to the ranks
+(tar t to rank t mod W), and a store shard belongs to the rank of the tar its first image is in. A rank reads each
+tar its shards need once, forward, from the first member it needs to the last, then stops (the head of the next
+tar, for a shard that runs into it). Batches are formed within a shard, as always, so a resumed or multi-rank run
+computes every image in the batch a single uninterrupted run would: the stores are bitwise equal. The images of a
+tar (or of a table's bytes column) are read in the main process by a background thread, in order, and decoded in
+the DataLoader workers (:class:`~wrcli.data.images.Prefetched`).
 """
 
 from __future__ import annotations
@@ -32,7 +42,9 @@ from torch.utils.data import DataLoader
 from wrcli import __version__
 from wrcli.backbones import Backbone
 from wrcli.data import ImageDataset, ResizePolicy, discover
-from wrcli.data.images import file_stat
+from wrcli.data.images import EncodedDataset, Prefetched, file_stat
+from wrcli.data.sources import Source
+from wrcli.data.tables import TableOptions
 from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER, STORE_DTYPES
 from wrcli.errors import WrcError
 from wrcli.models import Upsampler
@@ -45,7 +57,7 @@ from wrcli.stores import (
     ImageRecord, StoreSpec, check_job, create_store, current_job, finalize_store, lock_store, open_writer, resume_state,
     store_format, summary,
 )
-from wrcli.stores.base import StoreState, shard_list
+from wrcli.stores.base import StoreState, kept_metadata, shard_list
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +86,7 @@ class ExtractOptions:
     overwrite: bool = False
     format: str | None = None
     shard_size: int | None = None  # images per shard (the unit of work and of resume); default: ~64 MiB of padded features
+    table: TableOptions = TableOptions()  # which columns of a table SRC hold the images, which are kept
     wait_timeout: float = 86400.0
 
 
@@ -285,12 +298,17 @@ def _resumed(out: str, fmt: str, source, spec: StoreSpec) -> tuple[StoreState | 
     return state, changed, _why_write(state, spec, source, changed or [])
 
 
-def _changed_images(state: StoreState, spec: StoreSpec, source, shards: Iterable[int]) -> list[int]:
+def _changed_images(state: StoreState, spec: StoreSpec, source: Source, shards: Iterable[int]) -> list[int]:
     """The images of the done ones of ``shards`` whose file's (size, mtime_ns) is not the recorded one, i.e.
-    changed, replaced, gone or back since it was read (one ``stat`` each)."""
+    changed, replaced, gone or back since it was read (one ``stat`` each; for images inside a tar or a table, the
+    stat its listing gave)."""
     recorded = state.columns["file_stat"].tolist()
     return [i for k in sorted(state.done.intersection(shards)) for i in spec.shard_range(k)
-            if file_stat(source.items[i][1]) != tuple(recorded[i])]
+            if _stat(source, i) != tuple(recorded[i])]
+
+
+def _stat(source: Source, i: int) -> tuple[int, int]:
+    return file_stat(source.items[i][1]) if source.stats is None else source.stats[i]
 
 
 def _why_write(state: StoreState, spec: StoreSpec, source, changed: list[int]) -> str:
@@ -306,22 +324,27 @@ def _why_write(state: StoreState, spec: StoreSpec, source, changed: list[int]) -
 def _prepare(src: str, opts: ExtractOptions, fmt: str, stdin: TextIO | None,
              command_line: str) -> tuple[Extractor, Any, StoreSpec]:
     """The images, the loaded model and the spec of the store they make (its metadata and fingerprint)."""
-    source = discover(src, stdin=stdin, limit=opts.limit)
+    source = discover(src, stdin=stdin, limit=opts.limit, table=opts.table, containers=True)
     model = Extractor(opts)
     grid = model.grid()
     settings = model.settings()
     settings["shard_size"] = opts.shard_size or shard_size_for(model.backbone.channels, grid, opts.dtype)
     identity = {**settings, "upsampler": {k: v for k, v in settings["upsampler"].items() if k != "checkpoint"}}
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()  # content, not paths
+    described = {"kind": source.kind, "root": source.root}
+    if source.units is not None:
+        described["shards"] = len(set(source.units))
+    columns = {"columns": {**kept_metadata(source.columns), "sha256": source.columns_sha256()}} if source.columns else {}
     spec = StoreSpec(
         n_images=len(source.items), channels=model.backbone.channels, height=grid[0], width=grid[1],
         dtype=opts.dtype, shard_size=settings["shard_size"],
         metadata={
-            **settings, "fingerprint": fingerprint, "images_sha256": source.sha256(), "format": fmt,
-            "source": {"kind": source.kind, "root": source.root}, "command_line": command_line,
+            **settings, "fingerprint": fingerprint, "images_sha256": source.sha256(), **columns, "format": fmt,
+            "source": described, "command_line": command_line,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "options": {k: v for k, v in asdict(opts).items() if k in ("batch_size", "workers", "device")},
         },
+        kept=source.columns,
     )
     return model, source, spec
 
@@ -334,7 +357,7 @@ def _write_mine(model: Extractor, source, spec: StoreSpec, out: str, rank: Rank,
     caller found them (else read here)."""
     with open_writer(out, spec) as writer:
         state = state or resume_state(out, spec)[0]
-        mine = {k for k in range(spec.n_shards) if k % rank.world == rank.rank}
+        mine = {k for k in range(spec.n_shards) if _owner(source, spec, k, rank.world) == rank.rank}
         if changed is None:
             changed = _changed_images(state, spec, source, mine)
         changed = [i for i in changed if i // spec.shard_size in mine]
@@ -345,6 +368,14 @@ def _write_mine(model: Extractor, source, spec: StoreSpec, out: str, rank: Rank,
                         shard_list(sorted({i // spec.shard_size for i in changed})))
         todo = sorted(mine - state.done | {i // spec.shard_size for i in changed})
         return _run_shards(model, source, spec, todo, writer, rank, on_record, progress)
+
+
+def _owner(source: Source, spec: StoreSpec, k: int, world: int) -> int:
+    """The rank that writes shard ``k``: ``k mod world``, or for images read from input shards (tars) the rank of
+    the input shard that the store shard's first image is in (input shard t goes to rank t mod world)."""
+    if source.units is None:
+        return k % world
+    return source.units[spec.shard_range(k).start] % world
 
 
 def _changed_line(changed: list[int], source) -> str:
@@ -373,8 +404,8 @@ def _all_done(out: str, spec: StoreSpec) -> bool:
 
 def _run_shards(model: Extractor, source, spec: StoreSpec, shards: list[int], writer, rank: Rank,
                 on_record: Callable[[dict], None] | None, show_progress: bool) -> dict:
-    items = [(i, source.items[i][1]) for k in shards for i in spec.shard_range(k)]
-    bar = Progress(len(items), "extract" if rank.world == 1 else f"extract[rank {rank.rank}]", enabled=show_progress)
+    indices = [i for k in shards for i in spec.shard_range(k)]
+    bar = Progress(len(indices), "extract" if rank.world == 1 else f"extract[rank {rank.rank}]", enabled=show_progress)
     counts = {"ok": 0, "failed": 0}
 
     def written(k: int, records: list[ImageRecord]) -> None:
@@ -387,8 +418,12 @@ def _run_shards(model: Extractor, source, spec: StoreSpec, shards: list[int], wr
     on_cpu = model.device.type == "cpu"  # the compute's threads are the CPU's: decoding and writing yield to them
     sink = _ShardWriter(writer, spec, written, idle=on_cpu)
     sink.start()
+    if source.read is None:  # image files: the workers open them
+        dataset, sampler = ImageDataset([(i, source.items[i][1]) for i in indices], model.policy), None
+    else:  # images inside tars or a table: read here in order, decoded in the workers
+        dataset, sampler = EncodedDataset(model.policy), Prefetched(source.read, indices)
     loader = DataLoader(
-        ImageDataset(items, model.policy), batch_size=None, num_workers=model.opts.workers,
+        dataset, batch_size=None, sampler=sampler, num_workers=model.opts.workers,
         pin_memory=model.device.type == "cuda", prefetch_factor=4 if model.opts.workers else None,
         worker_init_fn=_idle_worker if on_cpu else None,
     )
@@ -412,7 +447,7 @@ def _run_shards(model: Extractor, source, spec: StoreSpec, shards: list[int], wr
     finally:
         bar.close()
     seconds = time.monotonic() - start
-    return {**counts, "processed": len(items), "seconds": seconds, "images_per_s": len(items) / max(seconds, 1e-9)}
+    return {**counts, "processed": len(indices), "seconds": seconds, "images_per_s": len(indices) / max(seconds, 1e-9)}
 
 
 class _Shard:

@@ -15,16 +15,23 @@
    Animated GIF/WebP/APNG: the first frame. Pillow's UserWarnings about metadata (e.g. corrupt EXIF) are muted.
 6. Antialiased bicubic resize (``reducing_gap``) to ``policy.input_hw``; with ``crop`` the centre square of the
    image is resized (``resize(box=...)``), which equals resizing and then centre-cropping.
+
+``load_image_bytes`` decodes an image held in memory (a tar member, a table's bytes cell) from step 2 on; an empty
+one fails as a zero-byte file. :class:`ImageDataset` decodes files in DataLoader workers, :class:`EncodedDataset`
+the bytes that :class:`Prefetched` reads ahead in the main process.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import queue
 import re
 import stat
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +40,7 @@ import torch
 from PIL import Image, ImageOps
 
 from wrcli.data.names import printable
+from wrcli.data.sources import Encoded
 from wrcli.errors import WrcError
 
 MAX_IMAGE_PIXELS: int | None = Image.MAX_IMAGE_PIXELS  # decompression-bomb limit of load_image (tests lower it)
@@ -134,12 +142,23 @@ def load_image(fs_path: str, policy: ResizePolicy) -> tuple[np.ndarray, tuple[in
     Raises ImageError (and nothing else) for a file that cannot be used.
     """
     _check_file(fs_path)
+    return _load(fs_path, policy)
+
+
+def load_image_bytes(data: bytes, policy: ResizePolicy) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_image` for an encoded image in memory (a tar member, a table's bytes cell)."""
+    if not data:
+        raise ImageError("zero-byte file")
+    return _load(io.BytesIO(data), policy)
+
+
+def _load(fp: str | io.BytesIO, policy: ResizePolicy) -> tuple[np.ndarray, tuple[int, int]]:
     fmt = "image"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # e.g. "Corrupt EXIF data"
-            with Image.open(fs_path) as img:
+            with Image.open(fp) as img:
                 fmt = img.format or fmt
                 return _decode(img, policy)
     except ImageError:
@@ -156,6 +175,8 @@ def load_image(fs_path: str, policy: ResizePolicy) -> tuple[np.ndarray, tuple[in
 
 
 def _check_file(fs_path: str) -> None:
+    if not fs_path:
+        raise ImageError("no path given")
     try:
         st = os.stat(fs_path)
     except FileNotFoundError as exc:
@@ -254,7 +275,76 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             array, orig_hw = load_image(fs_path, self.policy)
         except ImageError as exc:
-            return {"index": index, "pixels": None, "orig_hw": exc.orig_hw, "error": printable(exc.reason),
-                    "file_stat": stat}
-        pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-        return {"index": index, "pixels": pixels, "orig_hw": orig_hw, "error": None, "file_stat": stat}
+            return _failed(index, exc, stat)
+        return _item(index, array, orig_hw, stat)
+
+
+def _item(index: int, array: np.ndarray, orig_hw: tuple[int, int], stat: tuple[int, int]) -> dict[str, Any]:
+    pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return {"index": index, "pixels": pixels, "orig_hw": orig_hw, "error": None, "file_stat": stat}
+
+
+def _failed(index: int, exc: ImageError, stat: tuple[int, int]) -> dict[str, Any]:
+    return {"index": index, "pixels": None, "orig_hw": exc.orig_hw, "error": printable(exc.reason), "file_stat": stat}
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Decodes images handed over in memory, as :class:`ImageDataset` decodes files: the "index" of each item is an
+    :class:`Encoded` (the sampler, :class:`Prefetched`, reads the bytes in the main process), the item the same dict."""
+
+    def __init__(self, policy: ResizePolicy):
+        self.policy = policy
+
+    def __getitem__(self, encoded: Encoded) -> dict[str, Any]:
+        if encoded.error:
+            return _failed(encoded.index, ImageError(encoded.error), encoded.stat)
+        try:
+            array, orig_hw = load_image_bytes(encoded.data, self.policy)
+        except ImageError as exc:
+            return _failed(encoded.index, exc, encoded.stat)
+        return _item(encoded.index, array, orig_hw, encoded.stat)
+
+
+class Prefetched(torch.utils.data.Sampler):
+    """The :class:`Encoded` images ``read(indices)`` yields, in order, read ahead by a background thread into a bounded
+    queue (so that a slow stream overlaps the compute). The thread starts on the first item (after the DataLoader
+    has forked its workers) and stops when the iteration ends or is abandoned."""
+
+    def __init__(self, read: Callable[[Sequence[int]], Iterator[Encoded]], indices: Sequence[int], ahead: int = 64):
+        self.read, self.indices, self.ahead = read, indices, ahead
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[Encoded]:
+        items: queue.Queue = queue.Queue(maxsize=self.ahead)
+        stop = threading.Event()
+
+        def produce() -> None:
+            reading = self.read(self.indices)
+            try:
+                for encoded in reading:
+                    while not stop.is_set():
+                        try:
+                            items.put(encoded, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                items.put(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                items.put(exc)
+            finally:
+                reading.close()  # ends a stream left early (a pipe's command is stopped)
+
+        thread = threading.Thread(target=produce, daemon=True, name="wrc-reader")
+        thread.start()
+        try:
+            while (item := items.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join(timeout=1)

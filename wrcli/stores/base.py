@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ UNRECORDED: dict[str, object] = {"file_stat": -1}
 # 2: the done markers record the sizes of the shard's files; 3: ``file_stat``
 LAYOUT_VERSION = 3
 LAYOUT_KEYS = ("n_images", "channels", "height", "width", "dtype", "shard_size")
+# Per-image columns from the input (a tar's ``key``, a table's kept columns) live in the group ``columns/``, written
+# whole when the store is created; the metadata's ``columns`` section names them. Stores without one have none.
+KEPT_GROUP = "columns"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class StoreSpec:
     dtype: str
     shard_size: int
     metadata: dict
+    kept: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)  # KEPT_GROUP's arrays
 
     def __post_init__(self) -> None:
         for name in ("n_images", "channels", "height", "width", "shard_size"):
@@ -137,13 +141,16 @@ class StoreWriter(ABC):
 
 
 class StoreReader:
-    """Read-only view of a finished store: ``records``, ``features(i)`` and iteration over ok images."""
+    """Read-only view of a finished store: ``records``, ``features(i)``, iteration over ok images, and ``columns``:
+    the per-image columns from the input (a tar's ``key``, a table's kept columns; empty for other stores)."""
 
     def __init__(self, path: Path, format: str, metadata: dict, columns: dict[str, np.ndarray],
-                 features: Any, close: Callable[[], None] = lambda: None) -> None:
+                 features: Any, close: Callable[[], None] = lambda: None,
+                 kept: Mapping[str, np.ndarray] | None = None) -> None:
         self.path, self.format, self.metadata = path, format, metadata
         self.spec = spec_from_metadata(metadata)
         self.records = records_from_columns(columns)
+        self.columns = dict(kept or {})
         self._features, self._close = features, close
 
     def __len__(self) -> int:
@@ -177,6 +184,16 @@ def stored_metadata(spec: StoreSpec) -> dict:
     layout = {k: getattr(spec, k) if k == "dtype" else int(getattr(spec, k)) for k in LAYOUT_KEYS}
     metadata["store"] = {"layout_version": LAYOUT_VERSION, **layout}
     return metadata
+
+
+def kept_metadata(kept: Mapping[str, np.ndarray]) -> dict:
+    """The metadata's ``columns`` section for the kept columns: names in order and their dtypes."""
+    return {"names": list(kept), "dtypes": {name: "str" if v.dtype == object else v.dtype.name for name, v in kept.items()}}
+
+
+def kept_names(metadata: dict) -> list[str]:
+    """The names of the per-image columns from the input that a store holds (none before they existed)."""
+    return list((metadata.get("columns") or {}).get("names", []))
 
 
 def spec_from_metadata(metadata: dict) -> StoreSpec:
@@ -309,6 +326,7 @@ def summarize(path: Path, format: str, state: StoreState, paths: Sequence[Path],
         "shape": [spec.n_images, spec.channels, spec.height, spec.width],
         "dtype": spec.dtype,
         "bytes_on_disk": disk_bytes(*paths),
+        "columns": kept_names(metadata),
         **{key: metadata.get(key) for key in ("backbone", "upsampler", "scale", "resize", "precision")},
     }
 

@@ -4,7 +4,8 @@ An HDF5 store is an index ``OUT`` over ``OUT.parts/`` (a virtual dataset); a Zar
 holds everything in one ordinary HDF5 file that plain h5py reads anywhere::
 
     DEST    features (N, C, H, W): a real dataset, one lzf chunk per image, fill 0 (failed images hold no bytes);
-            the per-image datasets and the ``wrc`` attribute of the store, whose ``store`` section says
+            the per-image datasets, the group ``columns`` (per-image columns from the input, if the store has
+            them) and the ``wrc`` attribute of the store, whose ``store`` section says
             ``"single_file": true`` (wrcli then reads DEST as a finished store: ``wrc info``, ``open_store``)
 
 The copy is checked against the free space first and written under a temporary name, then renamed.
@@ -23,7 +24,7 @@ import numpy as np
 from wrcli.errors import WrcError
 from wrcli.files import atomic_write
 from wrcli.stores.base import FEATURE_DIMS, StoreReader, columns_from_records
-from wrcli.stores.hdf5_store import Hdf5Backend, label, write_columns
+from wrcli.stores.hdf5_store import Hdf5Backend, label, write_columns, write_kept
 
 HEADROOM = 1.05  # lzf re-compresses the features to about their size in the store; 5 % for HDF5's own metadata
 
@@ -49,6 +50,7 @@ def export_single(reader: StoreReader, stored_bytes: int, dest: str | os.PathLik
     with atomic_write(dest, durable=True) as tmp, h5py.File(tmp, "w", locking=False) as f:
         _copy_features(reader, f)
         write_columns(f, columns_from_records(reader.records), metadata)
+        write_kept(f, reader.columns)
     return dest
 
 

@@ -11,6 +11,9 @@ Layout (plain h5py reads it)::
 
     OUT.parts/wrc.json              the ``wrc`` metadata, written when the store is created; ``store.dataset`` is
                                     ``features-<hash>``, the second name of each part's features
+    OUT.parts/columns.h5            only for inputs with per-image columns (tar shards: ``key``; tables: the
+                                    ``--keep-columns``), written with wrc.json: group ``columns``, one (N,) dataset
+                                    per column
     OUT.parts/shard-00000123.h5     shard 123: ``features`` (n, C, H, W), one lzf chunk per image, fill 0, also
                                     linked as ``store.dataset``, plus the per-image datasets; written under a
                                     temporary name and renamed into place (a killed writer cannot corrupt it)
@@ -22,7 +25,8 @@ Layout (plain h5py reads it)::
                                     (``feat_hw``: valid top-left region of the padded grid); ``file_stat`` (N, 2)
                                     int64 (size, st_mtime_ns) of the image file as read, (-1, -1) if not stat'ed;
                                     ``status`` (N,) int8 0 pending / 1 ok / 2 failed; attribute ``wrc`` (JSON
-                                    string); dimension labels on every dataset
+                                    string); dimension labels on every dataset; group ``columns``: the
+                                    per-image columns from the input, copied from ``columns.h5``
 
 Layout 3 added ``file_stat`` (a rerun compares it with the files and redoes the shards of changed images; ``wrc
 info`` does not, having no SRC); stores of layouts 1 and 2 read it as (-1, -1).
@@ -38,7 +42,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -49,12 +53,13 @@ from wrcli.errors import WrcError
 from wrcli.files import TMP_TAG, atomic_write, remove_stale_tmps
 from wrcli.stores.backend import StoreBackend
 from wrcli.stores.base import (
-    COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter,
+    COLUMNS, FAILED, FEATURE_DIMS, KEPT_GROUP, OK, STATUS_ATTRS, ImageRecord, StoreReader, StoreSpec, StoreState, StoreWriter,
     check_shard, columns_from_records, foreign_error, gather_columns, incomplete_error, inconsistent_error,
-    is_empty_dir, is_wrc_metadata, shard_list, spec_from_metadata, unfinished_error, with_all_columns,
+    is_empty_dir, is_wrc_metadata, kept_names, shard_list, spec_from_metadata, unfinished_error, with_all_columns,
 )
 
 _MARKER = re.compile(r"shard-(\d{8})\.done")
+KEPT_FILE = "columns.h5"
 _TEXT = h5py.string_dtype("utf-8")
 
 
@@ -110,6 +115,8 @@ class Hdf5Backend(StoreBackend):
         with atomic_write(parts) as tmp:
             tmp.mkdir()
             (tmp / "wrc.json").write_text(json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8")
+            if spec.kept:
+                (tmp / KEPT_FILE).write_bytes(_file_bytes(partial(write_kept, kept=spec.kept)))
 
     def open_writer(self, path: Path, spec: StoreSpec) -> Hdf5Writer:
         return Hdf5Writer(path, spec)
@@ -131,7 +138,9 @@ class Hdf5Backend(StoreBackend):
         status = columns["status"]
         metadata["store"] = {**metadata["store"], "ok": int((status == OK).sum()),
                              "failed": int((status == FAILED).sum())}
-        data = _file_bytes(partial(_write_index, spec=spec, metadata=metadata, columns=columns, parts_name=parts.name))
+        kept = _read_kept_file(parts, metadata)
+        data = _file_bytes(partial(_write_index, spec=spec, metadata=metadata, columns=columns, parts_name=parts.name,
+                                   kept=kept))
         with atomic_write(path, durable=True) as tmp:
             tmp.write_bytes(data)
 
@@ -177,7 +186,8 @@ class Hdf5Backend(StoreBackend):
                            f"part files are missing or changed ({shard_list(missing)}); keep {parts.name}/ next to "
                            f"{path.name}, or rerun the same extract command")
         f = h5py.File(path, "r")
-        return StoreReader(path, self.format, metadata, _read_columns(f), f["features"], close=f.close)
+        return StoreReader(path, self.format, metadata, _read_columns(f), f["features"], close=f.close,
+                           kept=read_kept(f, metadata))
 
 
 class Hdf5Writer(StoreWriter):
@@ -265,7 +275,31 @@ def _read_columns(f: h5py.File) -> dict[str, np.ndarray]:
                              for name, (dtype, _, _) in COLUMNS.items() if name in f})
 
 
-def _write_index(f: h5py.File, spec: StoreSpec, metadata: dict, columns: dict[str, np.ndarray], parts_name: str) -> None:
+def write_kept(f: h5py.File, kept: Mapping[str, np.ndarray]) -> None:
+    """The per-image columns from the input as the group ``columns`` (of an index, a single file or ``columns.h5``)."""
+    if not kept:
+        return
+    group = f.create_group(KEPT_GROUP)
+    for name, values in kept.items():
+        text = values.dtype == object
+        label(group.create_dataset(name, data=values, dtype=_TEXT if text else values.dtype), ("image",))
+
+
+def read_kept(f: h5py.File, metadata: dict) -> dict[str, np.ndarray]:
+    """The per-image columns from the input that :func:`write_kept` wrote, in the order the metadata names them."""
+    return {name: f[KEPT_GROUP][name].asstr()[:].astype(object) if h5py.check_string_dtype(f[KEPT_GROUP][name].dtype)
+            else f[KEPT_GROUP][name][:] for name in kept_names(metadata)}
+
+
+def _read_kept_file(parts: Path, metadata: dict) -> dict[str, np.ndarray]:
+    if not kept_names(metadata):
+        return {}
+    with h5py.File(parts / KEPT_FILE, "r", locking=False) as f:
+        return read_kept(f, metadata)
+
+
+def _write_index(f: h5py.File, spec: StoreSpec, metadata: dict, columns: dict[str, np.ndarray], parts_name: str,
+                 kept: Mapping[str, np.ndarray]) -> None:
     grid = (spec.channels, spec.height, spec.width)
     layout = h5py.VirtualLayout(shape=(spec.n_images, *grid), dtype=spec.dtype)
     dataset = source_dataset(metadata)
@@ -275,6 +309,7 @@ def _write_index(f: h5py.File, spec: StoreSpec, metadata: dict, columns: dict[st
                                                         shape=(len(rng), *grid))
     label(f.create_virtual_dataset("features", layout, fillvalue=np.nan), FEATURE_DIMS)
     write_columns(f, columns, metadata)
+    write_kept(f, kept)
 
 
 def write_columns(f: h5py.File, columns: dict[str, np.ndarray], metadata: dict) -> None:

@@ -17,7 +17,7 @@ from wrcli.stores.base import LAYOUT_KEYS
 # Top-level metadata keys that may change between two runs of the same extraction, and the two hashes that
 # summarise the others: never reported as a difference themselves.
 IGNORED_KEYS = frozenset({"created", "command_line", "options", "source", "version", "store", "fingerprint",
-                          "images_sha256"})
+                          "images_sha256", "columns"})
 MAX_SHOWN = 3
 
 
@@ -77,6 +77,8 @@ def difference(old: dict, new: dict) -> str | None:
         n_old, n_new = old["store"].get("n_images"), new["store"]["n_images"]
         counts = f"{n_old} images, now {n_new}" if n_old != n_new else "same count, other names or order"
         return f"holds another image list ({counts})"
+    if (old.get("columns") or {}) != (new.get("columns") or {}):
+        return f"holds other per-image columns ({_columns_change(old.get('columns') or {}, new.get('columns') or {})})"
     was, now = old["store"].get("layout_version", 1), new["store"]["layout_version"]
     if was != now:
         which = "an older" if was < now else "a newer"
@@ -89,6 +91,14 @@ def difference(old: dict, new: dict) -> str | None:
     shown = "; ".join(describe(leaves)[:MAX_SHOWN]) or (
         f"fingerprint: {_show(old.get('fingerprint'))} ≠ {_show(new.get('fingerprint'))}")
     return f"was made with other settings ({shown})"
+
+
+def _columns_change(old: dict, new: dict) -> str:
+    """``--keep-columns id,caption ≠ id``, or that the same columns now hold other values."""
+    a, b = old.get("names", []), new.get("names", [])
+    if a != b:
+        return f"--keep-columns {_show(a) if a else 'none'} ≠ {_show(b) if b else 'none'}"
+    return "the same columns with other values or types: the table changed"
 
 
 def describe(leaves: list[Leaf]) -> list[str]:

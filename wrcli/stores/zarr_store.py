@@ -17,6 +17,9 @@ Layout::
     shard_done/             (n_shards, 8) int64, one object per shard, written last: the sizes in bytes of the shard's
                             objects in features/ and the per-image arrays (attribute ``objects``; 0: none, as zarr
                             writes no chunk equal to the fill value) when it was written; all 0: not done
+    columns/<name>          (N,) per-image columns from the input, dims (image,), written whole when the store is
+                            created (tar shards: ``key``; tables: the ``--keep-columns``): UTF-8 strings, int64,
+                            float64 (NaN for nulls) or bool; ``xr.open_zarr(OUT, group="columns")`` reads them
 
 Per-image arrays are chunked by shard, so every object belongs to exactly one shard and one writer. A shard
 counts as done only while its objects have the recorded sizes: a deleted or truncated object makes it pending
@@ -41,12 +44,13 @@ from wrcli.errors import WrcError
 from wrcli.files import atomic_write, fsync
 from wrcli.stores.backend import StoreBackend
 from wrcli.stores.base import (
-    COLUMNS, FAILED, FEATURE_DIMS, OK, STATUS_ATTRS, UNRECORDED, ImageRecord, StoreReader, StoreSpec, StoreState,
-    StoreWriter, check_shard, columns_from_records, foreign_error, gather_columns, incomplete_error, inconsistent_error,
-    is_empty_dir, is_wrc_metadata, spec_from_metadata, unfinished_error, with_all_columns,
+    COLUMNS, FAILED, FEATURE_DIMS, KEPT_GROUP, OK, STATUS_ATTRS, UNRECORDED, ImageRecord, StoreReader, StoreSpec,
+    StoreState, StoreWriter, check_shard, columns_from_records, foreign_error, gather_columns, incomplete_error, inconsistent_error,
+    is_empty_dir, is_wrc_metadata, kept_names, spec_from_metadata, unfinished_error, with_all_columns,
 )
 
 OBJECTS = ("features", *COLUMNS)  # the arrays with one object per shard, in the order shard_done records them
+KEPT_CHUNK = 1 << 16  # images per chunk of a column from the input
 
 
 class ZarrBackend(StoreBackend):
@@ -128,7 +132,7 @@ class ZarrBackend(StoreBackend):
         if missing:
             raise inconsistent_error(path, sorted(missing))
         columns = _rows(group, range(spec_from_metadata(metadata).n_images))
-        return StoreReader(path, self.format, metadata, columns, group["features"])
+        return StoreReader(path, self.format, metadata, columns, group["features"], kept=_kept(group))
 
     def _open_read(self, path: Path) -> zarr.Group:
         self.read_metadata(path)
@@ -149,6 +153,19 @@ def _create(path: Path, spec: StoreSpec, metadata: dict) -> None:
     group.create_array("shard_done", shape=(spec.n_shards, len(OBJECTS)), chunks=(1, len(OBJECTS)), dtype="int64",
                        fill_value=0, compressors=None, dimension_names=("shard", "object"),
                        attributes={"objects": list(OBJECTS)})
+    if spec.kept:
+        kept = group.create_group(KEPT_GROUP)
+        for name, values in spec.kept.items():
+            text = values.dtype == object
+            array = kept.create_array(name, shape=(n,), chunks=(min(n, KEPT_CHUNK),), dtype=str if text else values.dtype,
+                                      fill_value="" if text else 0, dimension_names=("image",))
+            array[:] = values
+
+
+def _kept(group: zarr.Group) -> dict[str, np.ndarray]:
+    """The per-image columns from the input, in the order the metadata names them."""
+    kept = {name: group[f"{KEPT_GROUP}/{name}"][:] for name in kept_names(group.attrs["wrc"])}
+    return {name: v.astype(object) if v.dtype.kind in "TU" else v for name, v in kept.items()}  # text as in HDF5
 
 
 def _rows(group: zarr.Group, rng: range) -> dict[str, np.ndarray]:
