@@ -145,6 +145,10 @@ def test_a_tar_changed_since_it_was_listed_fails_its_images_with_a_reason(tmp_pa
     got = list(shards.read([0, 1, 2]))
     assert got[0].data == files[0].read_bytes() and not got[0].error
     assert all(e.error.startswith("not in the tar as listed") and not e.data for e in got[1:])
+    pack(shard, samples(files, 0))
+    cut_after(shard, "000000001.txt", None)
+    got = list(shards.read([0, 1, 2]))  # cut after the second sample since it was listed
+    assert [e.error for e in got] == ["", "", "truncated tar: ends after 4 members without its end-of-archive blocks"]
 
 
 def test_shard_patterns_lists_and_globs(tmp_path, monkeypatch):

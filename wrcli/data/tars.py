@@ -184,7 +184,9 @@ def _members(url: str, ordinals: set[int]) -> Iterator[tuple[int, str, bytes, st
     last = max(ordinals, default=-1)
     try:
         with _open_tar(url) as opened:
+            seen = 0
             for ordinal, member in enumerate(iter(opened.tar.next, None)):
+                seen = ordinal + 1
                 if ordinal in ordinals:
                     reader = opened.tar.extractfile(member)
                     try:
@@ -195,6 +197,8 @@ def _members(url: str, ordinals: set[int]) -> Iterator[tuple[int, str, bytes, st
                     yield ordinal, member.name, data, ""
                 if ordinal >= last:
                     return
+            if problem := opened.end_problem(seen):  # it ended before the members asked for: cut since it was listed
+                yield -1, "", b"", problem
     except (OSError, tarfile.TarError, EOFError, lzma.LZMAError, ValueError) as exc:
         yield -1, "", b"", _unreadable(url, exc)
 
@@ -206,6 +210,8 @@ def _unreadable(url: str, exc: BaseException) -> str:
         why = str(exc.reason)
     elif isinstance(exc, OSError) and exc.strerror:
         why = exc.strerror
+    elif isinstance(exc, tarfile.ReadError) and str(exc) == "unexpected end of data":
+        return "truncated tar: it ends before this member"
     elif isinstance(exc, tarfile.ReadError):
         why = f"not a tar file ({exc})" if str(exc) != "empty file" else "empty file"
     else:
@@ -322,8 +328,6 @@ def _open_raw(url: str) -> Iterator[tuple[BinaryIO, Callable[[], tuple[int, str]
                     proc.kill()
                 proc.stdout.close()
                 proc.wait()
-                if proc.returncode and proc.returncode > 0:
-                    log.debug("%s exited with status %s", url, proc.returncode)
         return
     if url.startswith(("http://", "https://")):
         with urllib.request.urlopen(url, timeout=60) as response:
