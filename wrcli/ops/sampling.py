@@ -105,6 +105,12 @@ def alias_mean(z: Tensor, scale: int) -> Tensor:
     return rows.reshape(*lead, h, scale, w).sum(dim=-2) / (scale * scale)
 
 
-def reverse(z: Tensor) -> Tensor:
-    """Index reversal on the last two axes: ``out[k] = z[(−k) mod N]``."""
-    return torch.roll(z.flip(-2, -1), shifts=(1, 1), dims=(-2, -1))
+def reverse(z: Tensor, columns: int | None = None) -> Tensor:
+    """Index reversal on the last two axes, ``out[k1, k2] = z[(−k1) mod H, (−k2) mod W]``, for the first
+    ``columns`` columns k2 (default W; more than W repeats the columns periodically).
+
+    flip(wrap(z, (1, 1 − columns))) by contiguous slices: flip(y)[k] = y[c − 1 − k] = z[(−k) mod W].
+    """
+    H, W = z.shape[-2:]
+    columns = W if columns is None else columns
+    return wrap(z, (1, 1 - columns), (H, columns)).flip(-2, -1)

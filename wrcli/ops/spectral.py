@@ -11,13 +11,14 @@ from torch import Tensor
 from .sampling import Centre, kernel_shift
 
 
-def otf(kernel: Tensor, size: tuple[int, int], centre: Centre, columns: int | None = None) -> Tensor:
+def otf(kernel: Tensor, size: tuple[int, int], centre: Centre, columns: int | None = None, *, conj: bool = False) -> Tensor:
     """K̂ = DFT of the kernel padded top-left to H×W and rolled by −shift (the ``p2o`` of USRNet/WRC):
 
         K̂(k1, k2) = Σ_{a,b} k[a, b] · e^{−2πi k1 (a − sh)/H} · e^{−2πi k2 (b − sw)/W},
 
     evaluated as this separable sum over the taps (exact, and far cheaper than an H×W FFT per channel).
     kernel: (C,kh,kw) real → (C,H,columns) complex; ``columns`` defaults to W (the full spectrum).
+    ``conj``: conj K̂ (the response of Kᵀ) instead, from conjugated phase tables (no pass over the result).
     """
     kh, kw = kernel.shape[-2:]
     H, W = size
@@ -27,6 +28,8 @@ def otf(kernel: Tensor, size: tuple[int, int], centre: Centre, columns: int | No
     dtype = torch.complex128 if kernel.dtype == torch.float64 else torch.complex64
     rows = _phases(H, H, kh, sh, kernel.device).to(dtype)
     cols = _phases(W, W if columns is None else columns, kw, sw, kernel.device).to(dtype)
+    if conj:
+        rows, cols = rows.conj().resolve_conj(), cols.conj().resolve_conj()
     return torch.einsum("ha,cab,wb->chw", rows, kernel.to(dtype), cols)
 
 
@@ -54,6 +57,8 @@ def alias_power(kernel: Tensor, scale: int, size: tuple[int, int], columns: int 
     m1 = torch.arange(-((kh - 1) // scale), (kh - 1) // scale + 1, device=kernel.device)
     m2 = torch.arange(-((kw - 1) // scale), (kw - 1) // scale + 1, device=kernel.device)
     rho = rho[:, kh - 1 + scale * m1][:, :, kw - 1 + scale * m2]
+    if len(m1) == len(m2) == 1:  # kh, kw ≤ s: A Aᵀ = ‖k‖² I, a constant symbol (as a broadcast view)
+        return rho.expand(C, h, w if columns is None else columns)
     cos1, sin1 = _cos_sin(m1, h, h, kernel.dtype)
     cos2, sin2 = _cos_sin(m2, w, w if columns is None else columns, kernel.dtype)
     return torch.einsum("ha,cab,wb->chw", cos1, rho, cos2) - torch.einsum("ha,cab,wb->chw", sin1, rho, sin2)
