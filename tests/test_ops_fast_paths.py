@@ -1,4 +1,9 @@
-"""Helpers of the official solve's eager path against their definitions."""
+"""The eager official solve and the helpers it is built from, against the fused formulation and definitions.
+
+On the torch path :func:`wrcli.ops.official` assembles R̂ and F_L(A r) in the frequency domain
+(``solvers._official_eager``); the CUDA kernels and torch.compile take them from r = Aᵀ(W_L y) + d x0
+(:func:`wrcli.ops.fused.official_mix`). Both must agree to rounding, values and gradients.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,58 @@ import itertools
 import pytest
 import torch
 
-from wrcli.ops import alias_power, otf
-from wrcli.ops.sampling import reverse
+from wrcli.ops import alias_power, decimate, decimate_adjoint, official, otf
+from wrcli.ops.backend import use_backend
+from wrcli.ops.fused import official_mix
+from wrcli.ops.sampling import alias_mean, reverse
 
 from .test_ops_layers import block_mean, p2o
-from .test_ops_oracle import problem, rel_err, shift_of
+from .test_ops_oracle import official_by_dft_matrices, problem, rel_err, shift_of
 
 # (h, w, s, kh, kw): odd and non-square grids, s = 2 and 3, kernels 1×1, 1×2, 2×2, 3×3 and 3×2 (≤ s),
 # and 3×3, 4×2 at s = 2 (larger than the scale)
 GEOMETRIES = [(4, 4, 2, 2, 2), (5, 3, 2, 2, 2), (3, 6, 2, 1, 2), (5, 3, 3, 1, 2), (3, 4, 3, 3, 3), (4, 5, 3, 3, 2),
               (2, 2, 2, 1, 1), (4, 5, 2, 3, 3), (3, 3, 2, 4, 2), (1, 1, 2, 2, 2)]
 CENTRES = ["image", "kernel"]
+
+
+def fused_formulation(p: dict, s: int, centre: str) -> torch.Tensor:
+    """The solve as the fused paths compute it, with :func:`official_mix` run eagerly."""
+    y, x0, kernel = p["y"], p["x0"], p["kernel"]
+    H, W = x0.shape[-2:]
+    lam = p["lam"].reshape(-1, 1, 1)
+    d = p["w_high"] + lam
+    r = decimate_adjoint(p["w_low"] * y, kernel, s, centre) + d * x0
+    z = torch.fft.fft2(decimate(r, kernel, s, centre))
+    with use_backend("torch"):
+        x_hat = official_mix(torch.fft.rfft2(r), z, p["w_low"], alias_power(kernel, s, y.shape[-2:]),
+                             alias_mean(p["w_high"], s) + lam, d, otf(kernel, (H, W), centre, columns=W // 2 + 1))
+    return torch.fft.irfft2(x_hat, s=(H, W))
+
+
+@pytest.mark.parametrize("geom,centre", list(itertools.product(GEOMETRIES, CENTRES)))
+def test_eager_official_equals_fused_formulation_and_published_formula(geom, centre):
+    h, w, s, kh, kw = geom
+    p = problem(h, w, s, kh, kw, B=3)
+    out = official(**p, scale=s, centre=centre)
+    assert rel_err(out, fused_formulation(p, s, centre)) < 1e-12
+    assert rel_err(out, official_by_dft_matrices(p, s, centre)) < 1e-10
+    f32 = {k: v.float() for k, v in p.items()}
+    assert rel_err(official(**f32, scale=s, centre=centre), out) < 1e-5
+
+
+@pytest.mark.parametrize("geom,centre", [((5, 3, 3, 1, 2), "image"), ((3, 4, 2, 3, 3), "kernel"), ((3, 5, 2, 2, 2), "image")])
+def test_eager_official_gradients_equal_fused_formulation(geom, centre):
+    h, w, s, kh, kw = geom
+    p = problem(h, w, s, kh, kw, B=2)
+    weights = torch.randn(2, 3, s * h, s * w, dtype=torch.float64)
+    grads = []
+    for fn in (lambda t: official(**t, scale=s, centre=centre), lambda t: fused_formulation(t, s, centre)):
+        leaves = {k: v.clone().requires_grad_() for k, v in p.items()}
+        (fn(leaves) * weights).sum().backward()
+        grads.append({k: v.grad for k, v in leaves.items()})
+    for name in p:
+        assert rel_err(grads[0][name], grads[1][name]) < 1e-11, name
 
 
 @pytest.mark.parametrize("H,W", [(6, 8), (5, 7), (1, 1), (4, 3), (3, 1)])

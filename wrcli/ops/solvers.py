@@ -16,9 +16,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .fused import converse_divide, exact_blocks, official_mix
+from .backend import select
+from .fused import DEN_FLOOR, converse_divide, exact_blocks, official_mix
 from .precision import compute_dtype, full_precision
-from .sampling import Centre, alias_mean, decimate, decimate_adjoint, kernel_shift
+from .sampling import Centre, alias_mean, decimate, decimate_adjoint, kernel_shift, reverse, wrap
 from .spectral import alias_power, otf
 
 
@@ -112,13 +113,55 @@ def official(
     Computed with one high-resolution rfft2 and one irfft2: ⟨K̂ R̂⟩↓ = F_L(A r) on the low-resolution
     grid, and since x̂ is not Hermitian, Re F⁻¹ x̂ = irfft2 of its Hermitian part
     ½(x̂(k) + conj x̂(−k)), formed on the half spectrum from the maps and their index reversals.
+    The fused paths (CUDA kernels, torch.compile) take R̂ and F_L(A r) (:func:`official_mix`); eager
+    PyTorch assembles them in the frequency domain instead (:func:`_official_eager`).
     """
     _check(y, x0, scale)
     H, W = x0.shape[-2:]
     lam = _per_channel(lam)
-    d = w_high + lam
-    r = decimate_adjoint(w_low * y, kernel, scale, centre) + d * x0
-    z = torch.fft.fft2(decimate(r, kernel, scale, centre))
-    x_hat = official_mix(torch.fft.rfft2(r), z, w_low, alias_power(kernel, scale, y.shape[-2:]), alias_mean(w_high, scale) + lam,
-                         d, otf(kernel, (H, W), centre, columns=W // 2 + 1))
+    power, mh = alias_power(kernel, scale, y.shape[-2:]), alias_mean(w_high, scale) + lam
+    if select(y.device, y.dtype) == "torch":
+        k_conj = otf(kernel, (H, W), centre, columns=W // 2 + 1, conj=True)
+        x_hat = _official_eager(y, x0, w_low, w_high, kernel, lam, power, mh, k_conj, scale, centre)
+    else:
+        d = w_high + lam
+        r = torch.addcmul(decimate_adjoint(w_low * y, kernel, scale, centre), d, x0)
+        z = torch.fft.fft2(decimate(r, kernel, scale, centre))
+        x_hat = official_mix(torch.fft.rfft2(r), z, w_low, power, mh, d, otf(kernel, (H, W), centre, columns=W // 2 + 1))
     return torch.fft.irfft2(x_hat, s=(H, W))
+
+
+def _official_eager(
+    y: Tensor, x0: Tensor, w_low: Tensor, w_high: Tensor, kernel: Tensor, lam: Tensor, power: Tensor, mh: Tensor,
+    k_conj: Tensor, scale: int, centre: Centre,
+) -> Tensor:
+    """The half spectrum x̂ of :func:`official` in few high-resolution passes, (B,C,H,W/2+1); ``k_conj`` is
+    conj K̂ on the half spectrum (C,H,W/2+1), ``power`` P = ⟨|K̂|²⟩↓, ``mh`` M = ⟨W_H⟩↓ + λ.
+
+    With p = d x0 and U = F_L(W_L y): zero insertion is tiling, so F(Aᵀ W_L y) = conj K̂ · tile U and
+    R̂ = P̂ + conj K̂ · tile U; A Aᵀ has symbol P, so F_L(A r) = P U + F_L(A p). Neither r nor Aᵀ is
+    formed. With q = W_L F_L(A r) / max(W_L P + M, 10⁻³), g = U − q and v = 1 / max(d, 10⁻³):
+
+        x̂(k) = ½ v(k) [P̂ + conj K̂ · tile g] + ½ v(−k) [P̂ + conj K̂ · tile conj g(−i)]
+
+    (U − conj q(−i) = conj g(−i) as U(−i) = conj U(i)). The ½ rides on p and W_L y, so on P̂, U and q.
+    The spectra are viewed as (B,C,s,h,W/2+1), over whose s row blocks the low-resolution maps, extended
+    to the half spectrum's columns, broadcast; the right-hand bracket is formed in place of P̂.
+    """
+    B, C, H, W = x0.shape
+    h, w = y.shape[-2:]
+    cols = W // 2 + 1
+    blocks = (B, C, H // h, h, cols)
+    half_d = torch.add(0.5 * lam, w_high, alpha=0.5)
+    p = half_d * x0
+    u = torch.fft.fft2(0.5 * w_low * y)
+    q = torch.addcmul(torch.fft.fft2(decimate(p, kernel, scale, centre)), power, u)
+    q = q * (w_low / (w_low * power + mh).clamp_min(DEN_FLOOR))
+    g = u - q
+    t_fwd, t_rev = wrap(g, (0, 0), (h, cols)).unsqueeze(2), reverse(g.conj(), cols).unsqueeze(2)
+    p_hat, k_conj = torch.fft.rfft2(p).reshape(blocks), k_conj.reshape(-1, *blocks[2:])
+    x_hat = torch.addcmul(p_hat, k_conj, t_fwd)
+    rev = p_hat.addcmul_(k_conj, t_rev)
+    v = torch.div(x0.new_tensor(0.5), half_d.clamp_min(DEN_FLOOR / 2))  # 1 / max(d, 10⁻³), exactly
+    v_fwd, v_rev = (t.to(x_hat.dtype).reshape(blocks) for t in (v[..., :cols], reverse(v, cols)))
+    return x_hat.mul_(v_fwd).addcmul_(rev, v_rev).reshape(B, C, H, cols)
