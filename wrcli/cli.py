@@ -524,7 +524,7 @@ def train_cmd(
     resume: bool = typer.Option(False, help="Continue exactly from OUT.state.pt."),
     overwrite: bool = typer.Option(False, help="Without --resume: delete an earlier run's OUT, state and log and start over (else refused)."),
     cache: Optional[str] = typer.Option(None, help="Folder for precomputed backbone targets: no backbone passes while training."),
-    cache_variants: int = typer.Option(4, min=1, help="Random crop sets cached per image."),
+    cache_variants: int = typer.Option(8, min=1, help="Random crop sets cached per image (4 local crops each)."),
     down_weight: float = typer.Option(1.0, min=0.0, help="Weight of the term against the 2×-resolution features."),
     aug_weight: float = typer.Option(1.0, min=0.0, help="Weight of the augmentation-consistency term."),
     affinity_weight: Optional[float] = typer.Option(None, min=0.0, help="Weight of the affinity term: the outputs' pairwise pixel cosines against the targets' (default: the recipe's)."),

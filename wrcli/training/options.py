@@ -60,7 +60,7 @@ class TrainOptions:
     overwrite: bool = False  # without resume: delete an earlier run's model, state and log and start over (else refused)
     stop_after: int | None = None  # stop at this step (saving the training state) to continue later with resume
     cache: str | None = None  # folder of precomputed backbone outputs (built on first use): no backbone in the loop
-    cache_variants: int = 4  # random crop sets cached per image
+    cache_variants: int = 8  # random crop sets cached per image (each: `crops` local crops and their features)
     progress: bool = True  # progress bar (periodic lines when stderr is not a terminal) and loss lines (logger INFO)
 
     def __post_init__(self) -> None:
