@@ -18,7 +18,7 @@ from wrcli.ops.fused import official_mix
 from wrcli.ops.sampling import alias_mean, reverse
 
 from .test_ops_layers import block_mean, p2o
-from .test_ops_oracle import official_by_dft_matrices, problem, rel_err, shift_of
+from .test_ops_oracle import dense_A, official_by_dft_matrices, problem, rel_err, shift_of
 
 # (h, w, s, kh, kw): odd and non-square grids, s = 2 and 3, kernels 1×1, 1×2, 2×2, 3×3 and 3×2 (≤ s),
 # and 3×3, 4×2 at s = 2 (larger than the scale)
@@ -64,6 +64,16 @@ def test_eager_official_gradients_equal_fused_formulation(geom, centre):
         grads.append({k: v.grad for k, v in leaves.items()})
     for name in p:
         assert rel_err(grads[0][name], grads[1][name]) < 1e-11, name
+
+
+@pytest.mark.parametrize("geom,centre", list(itertools.product(GEOMETRIES, CENTRES)))
+def test_decimate_by_padded_strided_convolution_matches_dense(geom, centre):
+    """A x as a strided convolution of x padded circularly at both ends, rolled on the low grid."""
+    h, w, s, kh, kw = geom
+    p = problem(h, w, s, kh, kw, B=3)
+    A = dense_A(p["kernel"], s * h, s * w, s, centre)
+    ref = (A @ p["x0"].reshape(3, 3, -1, 1)).reshape(p["y"].shape)
+    assert rel_err(decimate(p["x0"], p["kernel"], s, centre), ref) < 1e-12
 
 
 @pytest.mark.parametrize("H,W", [(6, 8), (5, 7), (1, 1), (4, 3), (3, 1)])

@@ -76,12 +76,23 @@ def _flipped(kernel: Tensor) -> Tensor:
 
 
 def decimate(x: Tensor, kernel: Tensor, scale: int, centre: Centre) -> Tensor:
-    """``A x``: (B,C,H,W) → (B,C,H/s,W/s) with per-channel kernel (C,kh,kw)."""
+    """``A x``: (B,C,H,W) → (B,C,H/s,W/s) with per-channel kernel (C,kh,kw) no larger than the grid.
+
+    Per axis, with shift − k + 1 = s·M + e (0 ≤ e < s) and a the flipped kernel,
+    (A x)_i = Σ_δ a_δ x[s·(i + M) + e + δ]: the stride-s convolution of x padded circularly by f = −e mod s
+    in front (so that it starts on a block) and e + k − s behind, from output c = [e > 0] on, rolled by M
+    on the low-resolution grid. No padding at all where e = 0 and k ≤ s (``centre="kernel"``, k ≤ 2).
+    """
     kh, kw = kernel.shape[-2:]
     H, W = x.shape[-2:]
+    h, w = H // scale, W // scale
     sh, sw = kernel_shift(centre, (H, W), (kh, kw))
-    xw = wrap(x, (sh - kh + 1, sw - kw + 1), (H + kh - 1, W + kw - 1))
-    return F.conv2d(xw, _flipped(kernel), stride=scale, groups=x.shape[1])
+    (m1, e1), (m2, e2) = divmod(sh - kh + 1, scale), divmod(sw - kw + 1, scale)
+    pad = (-e2 % scale, max(e2 + kw - scale, 0), -e1 % scale, max(e1 + kh - scale, 0))
+    xp = F.pad(x, pad, mode="circular") if any(pad) else x
+    z = F.conv2d(xp, _flipped(kernel), stride=scale, groups=x.shape[1])
+    c1, c2 = int(e1 > 0), int(e2 > 0)
+    return wrap(z[..., c1 : c1 + h, c2 : c2 + w], (m1, m2), (h, w))
 
 
 def decimate_adjoint(r: Tensor, kernel: Tensor, scale: int, centre: Centre) -> Tensor:
@@ -102,7 +113,7 @@ def alias_mean(z: Tensor, scale: int) -> Tensor:
     *lead, H, W = z.shape
     h, w = H // scale, W // scale
     rows = z.reshape(*lead, scale, h * W).sum(dim=-2)
-    return rows.reshape(*lead, h, scale, w).sum(dim=-2) / (scale * scale)
+    return rows.reshape(*lead, h, scale, w).sum(dim=-2).div_(scale * scale)
 
 
 def reverse(z: Tensor, columns: int | None = None) -> Tensor:

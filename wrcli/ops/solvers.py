@@ -144,24 +144,26 @@ def _official_eager(
 
         x̂(k) = ½ v(k) [P̂ + conj K̂ · tile g] + ½ v(−k) [P̂ + conj K̂ · tile conj g(−i)]
 
-    (U − conj q(−i) = conj g(−i) as U(−i) = conj U(i)). The ½ rides on p and W_L y, so on P̂, U and q.
-    The spectra are viewed as (B,C,s,h,W/2+1), over whose s row blocks the low-resolution maps, extended
-    to the half spectrum's columns, broadcast; the right-hand bracket is formed in place of P̂.
+    (U − conj q(−i) = conj g(−i) as U(−i) = conj U(i)). The ½ is folded in: p and W_L y are taken at ¼
+    (so P̂, U and q are) and 1 / max(½d, ½·10⁻³) = 2v. The spectra are viewed as (B,C,s,h,W/2+1), over whose s row
+    blocks the low-resolution maps, extended to the half spectrum's columns, broadcast. Intermediates
+    are updated in place where autograd allows (every high-resolution allocation is a page-faulting
+    mmap at batch 8).
     """
     B, C, H, W = x0.shape
     h, w = y.shape[-2:]
     cols = W // 2 + 1
     blocks = (B, C, H // h, h, cols)
     half_d = torch.add(0.5 * lam, w_high, alpha=0.5)
-    p = half_d * x0
-    u = torch.fft.fft2(0.5 * w_low * y)
-    q = torch.addcmul(torch.fft.fft2(decimate(p, kernel, scale, centre)), power, u)
-    q = q * (w_low / (w_low * power + mh).clamp_min(DEN_FLOOR))
-    g = u - q
+    p = torch.addcmul(x0.new_zeros(()), half_d, x0, value=0.5)  # ¼ d x0
+    u = torch.fft.fft2((w_low * y).mul_(0.25))
+    q = torch.fft.fft2(decimate(p, kernel, scale, centre)).addcmul_(power, u)
+    g = q.mul_(w_low).div_(torch.addcmul(mh, w_low, power).clamp_min_(DEN_FLOOR)).sub_(u)  # −g
     t_fwd, t_rev = wrap(g, (0, 0), (h, cols)).unsqueeze(2), reverse(g.conj(), cols).unsqueeze(2)
     p_hat, k_conj = torch.fft.rfft2(p).reshape(blocks), k_conj.reshape(-1, *blocks[2:])
-    x_hat = torch.addcmul(p_hat, k_conj, t_fwd)
-    rev = p_hat.addcmul_(k_conj, t_rev)
-    v = torch.div(x0.new_tensor(0.5), half_d.clamp_min(DEN_FLOOR / 2))  # 1 / max(d, 10⁻³), exactly
-    v_fwd, v_rev = (t.to(x_hat.dtype).reshape(blocks) for t in (v[..., :cols], reverse(v, cols)))
-    return x_hat.mul_(v_fwd).addcmul_(rev, v_rev).reshape(B, C, H, cols)
+    x_hat = torch.addcmul(p_hat, k_conj, t_fwd, value=-1)
+    rev = p_hat.addcmul_(k_conj, t_rev, value=-1)
+    v = half_d.clamp_min(DEN_FLOOR / 2).reciprocal_()  # 2 / max(d, 10⁻³), exactly
+    v_fwd, v_rev = v[..., :cols].reshape(blocks).unsqueeze(-1), reverse(v, cols).reshape(blocks).unsqueeze(-1)
+    torch.view_as_real(x_hat).mul_(v_fwd).addcmul_(torch.view_as_real(rev), v_rev)  # real views: no complex copy of v
+    return x_hat.reshape(B, C, H, cols)
