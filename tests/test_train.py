@@ -193,10 +193,11 @@ def test_training_reduces_the_loss_and_writes_a_loadable_model(setup, tmp_path, 
     logs = [json.loads(line) for line in (tmp_path / "wrc.safetensors.log.jsonl").read_text().splitlines()]
     steps = [r for r in logs if "loss" in r]
     assert [r["step"] for r in steps] == [5, 10, 15, 20, 25, 30]
-    assert set(steps[0]) == {"step", "loss", "local", "down", "aug", "affinity", "lr", "images_per_s", "elapsed"}
+    assert set(steps[0]) == {"step", "loss", "local", "down", "aug", "affinity", "contrast", "lr", "images_per_s",
+                             "elapsed"}
     assert steps[-1]["loss"] < 0.8 * steps[0]["loss"], [r["loss"] for r in steps]
     assert result["completed"] and result["steps"] == 30 and result["images"] == 6 and result["skipped"] == 0
-    assert set(result["losses"]) == {"loss", "local", "down", "aug", "affinity"}
+    assert set(result["losses"]) == {"loss", "local", "down", "aug", "affinity", "contrast"}
     assert [r["step"] for r in logs if "validation" in r] == [10, 20, 30]
     assert logs[-1]["validation"] == result["validation"]
     assert "loss" in caplog.text and "bilinear cos" in caplog.text

@@ -16,7 +16,7 @@ from wrcli.errors import WrcError
 from wrcli.models import create_upsampler, load_upsampler
 from wrcli.train import train
 from wrcli.training import builder, data, recipe
-from wrcli.training.affinity import affinity, affinity_loss, mean_pairwise_cosine
+from wrcli.training.affinity import affinity, affinity_loss, contrast_loss, mean_pairwise_cosine
 from wrcli.training.samples import CachedSamples
 
 from .test_train import ARCH, TINY, dense_contrast, options, setup, weights_of  # noqa: F401 - setup is a fixture
@@ -56,6 +56,19 @@ def test_affinity_loss_against_the_dense_matrices():
     assert affinity_loss(target * 3, target).item() == pytest.approx(0.0, abs=1e-10)  # same directions: no loss
     with pytest.raises(ValueError, match="same grid"):
         affinity_loss(pred, target[..., :3])
+
+
+def test_contrast_loss_hand_computed():
+    pair = torch.tensor([[1.0, 0.0], [0.0, 5.0]]).view(1, 2, 1, 2)  # contrast 0
+    same = torch.tensor([[1.0, 2.0], [1.0, 2.0]]).view(1, 2, 1, 2)  # contrast 1
+    assert contrast_loss(pair, same).item() == pytest.approx(1.0, abs=1e-6)
+    both = torch.cat([pair, same])
+    assert contrast_loss(both, torch.cat([same, same])).item() == pytest.approx(0.5, abs=1e-6)  # mean over maps
+    # any pixel order, and any grid: only the spread of directions counts
+    assert contrast_loss(pair.flip(-1), torch.tensor([[0.0, 3.0, 0.0], [2.0, 0.0, 2.0]]).view(1, 2, 1, 3)).item() \
+        == pytest.approx((0 - 1 / 3) ** 2, abs=1e-6)
+    with pytest.raises(ValueError, match="as many maps"):
+        contrast_loss(both, pair)
 
 
 def test_affinity_loss_gradient():
@@ -98,19 +111,25 @@ def test_samples_seen_match_what_the_cached_dataset_reads(monkeypatch):
 @pytest.mark.slow
 def test_the_affinity_term_is_logged_and_weighted(setup, tmp_path):
     runs = {}
-    for weight in (0.0, 2.0):
-        out = tmp_path / f"w{weight}.safetensors"
-        train(setup["images"], str(out), options(setup, steps=3, affinity_weight=weight, precision="fp32"))
+    for weights in ((0.0, 0.0), (2.0, 0.0), (0.0, 50.0)):
+        out = tmp_path / f"w{weights}.safetensors"
+        train(setup["images"], str(out), options(setup, steps=3, affinity_weight=weights[0], contrast_weight=weights[1],
+                                                 precision="fp32"))
         logs = [json.loads(line) for line in Path(f"{out}.log.jsonl").read_text().splitlines()]
         steps = [r for r in logs if "loss" in r]
         for r in steps:
-            assert r["affinity"] > 0
-            assert r["loss"] == pytest.approx(r["local"] + r["down"] + r["aug"] + weight * r["affinity"], rel=1e-5)
-        runs[weight] = steps, weights_of(out), load_upsampler(out).provenance
-    assert runs[0.0][0][0]["affinity"] == pytest.approx(runs[2.0][0][0]["affinity"], rel=1e-6)  # same first step
-    assert any(not torch.equal(a, runs[2.0][1][k]) for k, a in runs[0.0][1].items())  # the term has a gradient
-    assert "affinity" not in runs[0.0][2]["objective"] and "2 × affinity" in runs[2.0][2]["objective"]
-    assert runs[2.0][2]["samples"] == {"draws": 3 * 2, "distinct": 3 * 2}
+            assert r["affinity"] > 0 and r["contrast"] > 0
+            assert r["loss"] == pytest.approx(r["local"] + r["down"] + r["aug"] + weights[0] * r["affinity"]
+                                              + weights[1] * r["contrast"], rel=1e-5)
+        runs[weights] = steps, weights_of(out), load_upsampler(out).provenance
+    plain, by_affinity, by_contrast = runs.values()
+    for term in ("affinity", "contrast"):  # the same first step, whichever term is weighted
+        assert [r[0][0][term] for r in runs.values()] == pytest.approx([plain[0][0][term]] * 3, rel=1e-6)
+    for other in (by_affinity, by_contrast):  # each term has a gradient
+        assert any(not torch.equal(a, other[1][k]) for k, a in plain[1].items())
+    assert "affinity" not in plain[2]["objective"] and "contrast" not in plain[2]["objective"]
+    assert "2 × affinity" in by_affinity[2]["objective"] and "50 × contrast" in by_contrast[2]["objective"]
+    assert by_affinity[2]["samples"] == {"draws": 3 * 2, "distinct": 3 * 2}
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ STORE_DTYPES = ("float16", "float32")
 # `wrc train --recipe`: the settings each recipe gives (explicit options override them). "wrcli" (the default) is
 # what trained the shipped checkpoint (its model card); "published" is the authors' configuration.
 TRAIN_RECIPES = {
-    "wrcli": {"lr": 1e-3, "skip": True, "mse": "raw", "affinity_weight": 0.0},
-    "published": {"lr": 2e-4, "skip": False, "mse": "range", "affinity_weight": 0.0},
+    "wrcli": {"lr": 1e-3, "skip": True, "mse": "raw", "affinity_weight": 0.0, "contrast_weight": 0.0},
+    "published": {"lr": 2e-4, "skip": False, "mse": "range", "affinity_weight": 0.0, "contrast_weight": 0.0},
 }
 DEFAULT_TRAIN_RECIPE = "wrcli"
 TRAIN_MSE = ("range", "raw")  # the loss's MSE term: the authors' range-scaled one, or the plain one

@@ -1,4 +1,4 @@
-"""The pairwise structure of a feature map: its contrast (mean pairwise cosine) and an affinity-matching loss.
+"""The pairwise structure of a feature map: its contrast (mean pairwise cosine), and losses that match it.
 
 For one map with N pixels and unit C-vectors u_i = f_i / ‖f_i‖, the affinity matrix is Â = UᵀU (N×N, Â_ii = 1).
 A map whose pixels regress towards a common direction has a larger mean off-diagonal affinity: that number,
@@ -39,3 +39,12 @@ def affinity_loss(pred: Tensor, target: Tensor) -> Tensor:
     if pred.shape[-2:] != target.shape[-2:] or pred.shape[0] != target.shape[0]:
         raise ValueError(f"affinity_loss needs maps on the same grid, got {tuple(pred.shape)} and {tuple(target.shape)}")
     return (affinity(pred) - affinity(target)).square().mean()
+
+
+def contrast_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """mean over maps of (contrast(pred) − contrast(target))², contrast = :func:`mean_pairwise_cosine` (B,C,H,W each,
+    any grids): zero when each output map is as spread in direction as its target, whatever its pixels' order."""
+    if pred.shape[0] != target.shape[0]:
+        raise ValueError(f"contrast_loss needs as many maps in both, got {pred.shape[0]} and {target.shape[0]}")
+    return (mean_pairwise_cosine(pred) - mean_pairwise_cosine(target)).square().mean()
+

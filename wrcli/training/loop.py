@@ -29,7 +29,7 @@ from wrcli.runtime import Rank
 from . import data, validation
 from .options import TrainOptions
 from .outputs import start_log
-from .affinity import affinity_loss
+from .affinity import affinity_loss, contrast_loss
 from .recipe import cosine_mse, crop_windows
 from .state import rng_states, save_state, set_rng_states
 from .stop import StopFlag, ignore_stop_signals
@@ -37,7 +37,7 @@ from .targets import train_targets
 
 log = logging.getLogger(__name__)
 
-TERMS = ("local", "down", "aug", "affinity")
+TERMS = ("local", "down", "aug", "affinity", "contrast")
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -236,9 +236,11 @@ class TrainingRun:
                                                        backbone.normalize(batch["aug"].to(device)))
         loss = functools.partial(cosine_mse, normalise=self.opts.mse == "range")
         windows = crop_windows(output, batch["offsets"], backbone.patch_size)
-        weight = self.opts.affinity_weight
-        with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):  # logged either way
-            pairs = affinity_loss(windows, crop_feats) + affinity_loss(output, down_feats)
+        weights = {"affinity": self.opts.affinity_weight, "contrast": self.opts.contrast_weight}
+        structure = {}
+        for name, fn in (("affinity", affinity_loss), ("contrast", contrast_loss)):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and weights[name] > 0):  # logged either way
+                structure[name] = fn(windows, crop_feats) + fn(output, down_feats)
         terms = {
             "local": loss(windows, crop_feats),
             "down": loss(output, down_feats),  # authors: criterion(backbone feats, output), i.e. min-max by the output
@@ -246,11 +248,12 @@ class TrainingRun:
             # upsampler a third time under no_grad for it; the values are identical (same inputs, batch-norm in
             # training mode), but their batch-norm running statistics see that clean batch twice per step.
             "aug": loss(augmented, output.detach()),
-            "affinity": pairs,  # the pairwise cosines of the local windows and the whole output against their targets'
+            **structure,  # the local windows' and the whole output's pairwise cosines against their targets'
         }
         terms["loss"] = terms["local"] + self.opts.down_weight * terms["down"] + self.opts.aug_weight * terms["aug"]
-        if weight > 0:
-            terms["loss"] = terms["loss"] + weight * pairs
+        for name, weight in weights.items():
+            if weight > 0:
+                terms["loss"] = terms["loss"] + weight * structure[name]
         return terms
 
     def _stop_everywhere(self, requested: bool) -> bool:
@@ -279,7 +282,8 @@ class TrainingRun:
         rate = len(window) * self.opts.batch_size * self.rank.world / max(span, 1e-9)
         record = {"step": self.step, **values, "lr": used_lr, "images_per_s": rate, "elapsed": elapsed}
         self._log(record, f"step {self.step}/{self.opts.steps}  loss {values['loss']:.4f} (local {values['local']:.4f}, "
-                          f"down {values['down']:.4f}, aug {values['aug']:.4f}, affinity {values['affinity']:.4f})  lr {used_lr:.2e}  {rate:.2f} img/s")
+                          f"down {values['down']:.4f}, aug {values['aug']:.4f}, affinity {values['affinity']:.4f}, "
+                          f"contrast {values['contrast']:.5f})  lr {used_lr:.2e}  {rate:.2f} img/s")
         return values
 
     def _validate(self) -> dict[str, Any] | None:
@@ -305,7 +309,8 @@ class TrainingRun:
             "command": command_line(sys.argv[1:]), "recipe": opts.recipe, "options": opts.as_dict(),
             "objective": "self-supervised WRC training: local crops + down + augmentation consistency, cosine + "
                          + ("range-scaled MSE (Cosine_MSE)" if opts.mse == "range" else "plain MSE")
-                         + (f" + {opts.affinity_weight:g} × affinity" if opts.affinity_weight > 0 else ""),
+                         + "".join(f" + {w:g} × {name}" for name, w in (("affinity", opts.affinity_weight),
+                                                                          ("contrast", opts.contrast_weight)) if w > 0),
             "init": self.fingerprint.get("init"),
             "samples": data.samples_seen(len(self.images.train), opts.batch_size, opts.seed, self.step, self.rank.world,
                                          opts.cache_variants if opts.cache is not None else None),

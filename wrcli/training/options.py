@@ -19,7 +19,7 @@ from wrcli.models.wrc import SOLVER_NAMES
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """What to train and how. ``lr``, ``skip``, ``mse`` and ``affinity_weight`` left at None take the values of ``recipe``
+    """What to train and how. ``lr``, ``skip``, ``mse``, ``affinity_weight`` and ``contrast_weight`` left at None take the values of ``recipe``
     (:data:`wrcli.defaults.TRAIN_RECIPES`): ``wrcli``, the recipe of the shipped checkpoint, or
     ``published``, the authors'; given values override the recipe. They are resolved on construction, so
     ``TrainOptions().skip`` is True; ``dataclasses.replace(opts, recipe=...)`` keeps the resolved values (build
@@ -44,6 +44,8 @@ class TrainOptions:
     aug_weight: float = 1.0  # weight of the augmentation-consistency term (likewise)
     affinity_weight: float | None = None  # weight of the affinity term (pairwise cosines of the local and down
     # terms' outputs against their targets', wrcli.training.affinity); None: the recipe's (wrcli 1, published 0)
+    contrast_weight: float | None = None  # weight of the contrast term (each output map's mean pairwise cosine
+    # against its target's, wrcli.training.affinity); None: the recipe's
     init: str | None = None  # start from this checkpoint's weights with a fresh optimiser and schedule (with resume:
     # only when there is no training state yet)
     device: str = "auto"  # auto, cpu, cuda or cuda:N (under torchrun, auto/cuda take the local rank's GPU)
@@ -81,8 +83,9 @@ def _check(opts: TrainOptions) -> None:
     positive = ("steps", "batch_size", "crops", "cache_variants", "log_every", "checkpoint_every")
     bad = [f"{k}={getattr(opts, k)}" for k in positive if getattr(opts, k) < 1]
     bad += [f"{k}={getattr(opts, k)}" for k in ("warmup", "val_every", "workers") if getattr(opts, k) < 0]
-    if opts.lr <= 0 or min(opts.weight_decay, opts.down_weight, opts.aug_weight, opts.affinity_weight) < 0:
-        bad.append("lr > 0 and non-negative weight_decay, down_weight, aug_weight, affinity_weight are needed")
+    if opts.lr <= 0 or min(opts.weight_decay, opts.down_weight, opts.aug_weight, opts.affinity_weight,
+                                opts.contrast_weight) < 0:
+        bad.append("lr > 0 and non-negative weight_decay, down_weight, aug_weight, affinity_weight, contrast_weight are needed")
     if opts.stop_after is not None and opts.stop_after < 1:
         bad.append(f"stop_after={opts.stop_after}")
     if bad:
