@@ -289,6 +289,18 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
+def kill_9_after_shards(proc: subprocess.Popen, store: Path, shards: int, timeout: float) -> None:
+    """``kill -9`` the extract ``proc`` as soon as ``shards`` shards of the Zarr ``store`` are marked done."""
+    done, deadline = store / "shard_done", time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if done.exists() and sum(1 for p in done.rglob("*") if p.is_file() and p.name != "zarr.json") >= shards:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_kill_9_then_rerun_equals_uninterrupted(tmp_path, vits_weights):
     src = photos(tmp_path / "in", 24)
@@ -299,15 +311,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path, vits_weights):
     killed = tmp_path / "killed.zarr"
     cmd = _cli_cmd(*[str(killed) if a == "OUT" else a for a in args])
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done = killed / "shard_done"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if done.exists() and sum(1 for p in done.rglob("*") if p.is_file() and p.name != "zarr.json") >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_after_shards(proc, killed, 3, timeout=120)
     rerun = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     clean = tmp_path / "clean.zarr"

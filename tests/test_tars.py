@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -24,7 +23,9 @@ from wrcli.errors import WrcError
 from wrcli.stores import open_store
 
 from .conftest import PHOTOS, photos
-from .test_extract import _cli_cmd, _env, assert_same_store, base_args, error_line, read_all, run_cli
+from .test_extract import (
+    _cli_cmd, _env, assert_same_store, base_args, error_line, kill_9_after_shards, read_all, run_cli,
+)
 
 MTIME = 1_700_000_000
 
@@ -295,15 +296,7 @@ def test_kill_9_mid_shard_then_rerun_equals_uninterrupted(tmp_path, vits_weights
     killed, clean = tmp_path / "killed.zarr", tmp_path / "clean.zarr"
     proc = subprocess.Popen(_cli_cmd("extract", src, str(killed), *args), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    done = killed / "shard_done"
-    while time.monotonic() < deadline and proc.poll() is None:
-        if done.exists() and sum(1 for p in done.rglob("*") if p.is_file() and p.name != "zarr.json") >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_after_shards(proc, killed, 2, timeout=180)
     with pytest.raises(WrcError, match="not finished"):
         open_store(killed)
     rerun = subprocess.run(_cli_cmd("extract", src, str(killed), *args), env=_env(), capture_output=True, text=True)

@@ -15,7 +15,7 @@ from wrcli.backbones import load_backbone
 from wrcli.errors import WrcError
 from wrcli.models import create_upsampler, load_upsampler
 from wrcli.train import train
-from wrcli.training import builder, data, recipe
+from wrcli.training import builder, data
 from wrcli.training.affinity import affinity, affinity_loss, contrast_loss, mean_pairwise_cosine
 from wrcli.training.samples import CachedSamples
 

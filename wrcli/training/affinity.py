@@ -10,7 +10,6 @@ costs O(NC) through the sum of the unit vectors (no N×N matrix). Lower means mo
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
