@@ -27,9 +27,9 @@ from wrcli.reports import command_line
 from wrcli.runtime import Rank
 
 from . import data, validation
+from .affinity import affinity_loss, contrast_loss
 from .options import TrainOptions
 from .outputs import start_log
-from .affinity import affinity_loss, contrast_loss
 from .recipe import cosine_mse, crop_windows
 from .state import rng_states, save_state, set_rng_states
 from .stop import StopFlag, ignore_stop_signals
