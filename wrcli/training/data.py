@@ -195,4 +195,3 @@ def samples_seen(count: int, batch: int, seed: int, steps: int, world: int = 1, 
         for index, sample_seed in items
     }
     return {"draws": draws, "distinct": len(pairs)}
-
