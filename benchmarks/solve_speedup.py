@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from wrcli.allocator import keep_freed_memory
 from wrcli.ops.backend import use_backend
 
 SOLVES = ("official", "exact", "converse")
@@ -60,8 +61,12 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=208)
     ap.add_argument("--grid", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                    help="keep: glibc keeps freed memory for reuse, as the wrc command sets it; default: glibc's own")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    if a.allocator == "keep" and not keep_freed_memory():
+        raise SystemExit("could not set glibc's allocator (not glibc, or MALLOC_*/GLIBC_TUNABLES set)")
     from wrcli import ops as current
 
     versions = {"baseline": load_package(a.baseline.resolve(), "baseline_ops"), "current": current}

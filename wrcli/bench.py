@@ -234,7 +234,7 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
         peak = torch.cuda.max_memory_allocated(device)
         result.update(scope="cuda allocator, this case", peak_mib=peak / MiB, rise_mib=(peak - start) / MiB)
         return
-    from wrcli.runtime import trim_memory
+    from wrcli.allocator import trim_memory
 
     trim_memory()
     per_case = _reset_peak_rss()

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from wrcli import __version__
+from wrcli.allocator import keep_freed_memory
 from wrcli.defaults import (
     DEFAULT_BACKBONE, DEFAULT_TRAIN_RECIPE, DEFAULT_UPSAMPLER, STORE_DTYPES, TRAIN_MSE, TRAIN_RECIPES, WRC_SOLVERS,
 )
@@ -60,6 +61,7 @@ def _root(
 ) -> None:
     global _debug
     _debug = debug
+    keep_freed_memory()
 
 
 def _one_of(*choices: str) -> Callable[[Optional[str]], Optional[str]]:

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from wrcli import __version__
+from wrcli.allocator import trim_memory
 from wrcli.backbones import Backbone
 from wrcli.data import ImageDataset, ResizePolicy, discover
 from wrcli.data.images import EncodedDataset, Prefetched, file_stat
@@ -49,9 +50,7 @@ from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER, STORE_DTYPES
 from wrcli.errors import WrcError
 from wrcli.models import Upsampler
 from wrcli.progress import Progress
-from wrcli.runtime import (
-    Rank, current_rank, lean_forks, page_align_large_tensors, run_when_idle, trim_memory, wait_until,
-)
+from wrcli.runtime import Rank, current_rank, lean_forks, page_align_large_tensors, run_when_idle, wait_until
 from wrcli.session import describe_upsampler, open_session
 from wrcli.stores import (
     ImageRecord, StoreSpec, check_job, create_store, current_job, finalize_store, lock_store, open_writer, resume_state,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import gc
 import os
 import time
@@ -15,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from wrcli.allocator import trim_memory
 from wrcli.errors import WrcError
 
 
@@ -65,20 +64,6 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, poll
         if time.monotonic() > deadline:
             raise WrcError(f"gave up after {timeout:.0f} s waiting for {what}")
         time.sleep(poll)
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def trim_memory() -> None:
-    """Return freed heap memory to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
-    if (trim := _malloc_trim()) is not None:
-        trim(0)
 
 
 def run_when_idle(tid: int = 0) -> None:
