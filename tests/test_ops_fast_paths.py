@@ -16,6 +16,7 @@ from wrcli.ops import alias_power, decimate, decimate_adjoint, official, otf
 from wrcli.ops.backend import use_backend
 from wrcli.ops.fused import official_mix
 from wrcli.ops.sampling import alias_mean, reverse
+from wrcli.ops.spectral import decimated_spectrum
 
 from .test_ops_layers import block_mean, p2o
 from .test_ops_oracle import dense_A, official_by_dft_matrices, problem, rel_err, shift_of
@@ -74,6 +75,26 @@ def test_decimate_by_padded_strided_convolution_matches_dense(geom, centre):
     A = dense_A(p["kernel"], s * h, s * w, s, centre)
     ref = (A @ p["x0"].reshape(3, 3, -1, 1)).reshape(p["y"].shape)
     assert rel_err(decimate(p["x0"], p["kernel"], s, centre), ref) < 1e-12
+
+
+@pytest.mark.parametrize("geom,centre", list(itertools.product(GEOMETRIES, CENTRES)))
+def test_decimated_spectrum_from_the_half_spectrum_matches_dense(geom, centre):
+    """F_L(A x) folded from rfft2(x) and conj K̂ equals the low-resolution DFT of the dense A x."""
+    h, w, s, kh, kw = geom
+    p = problem(h, w, s, kh, kw, B=3)
+    H, W = s * h, s * w
+    A = dense_A(p["kernel"], H, W, s, centre)
+    ref = torch.fft.fft2((A @ p["x0"].reshape(3, 3, -1, 1)).reshape(p["y"].shape))
+    k_conj = otf(p["kernel"], (H, W), centre, columns=W // 2 + 1, conj=True)
+    out = decimated_spectrum(torch.fft.rfft2(p["x0"]), k_conj, W, s)
+    assert rel_err(torch.view_as_real(out), torch.view_as_real(ref)) < 1e-12  # real and imaginary parts
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES)
+def test_alias_mean_is_the_block_mean(geom):
+    h, w, s = geom[:3]
+    z = torch.randn(2, 3, s * h, s * w, dtype=torch.float64)
+    assert rel_err(alias_mean(z, s), block_mean(z, s)) < 1e-14
 
 
 @pytest.mark.parametrize("H,W", [(6, 8), (5, 7), (1, 1), (4, 3), (3, 1)])

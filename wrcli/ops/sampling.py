@@ -108,12 +108,18 @@ def alias_mean(z: Tensor, scale: int) -> Tensor:
     """⟨Z⟩↓: mean over the s×s equal blocks of an (…,s·h,s·w) array, i.e. over each alias group
     {(u + a·h, v + b·w)} of a spectrum (the authors' "splits + mean"), → (…,h,w).
 
-    Summed one axis at a time over contiguous slabs (a strided 2-axis reduction is ~10× slower on CPU).
+    Added one axis at a time, block by block (elementwise adds of slabs run ~3× faster on CPU than a sum
+    over a size-s axis of a reshaped view).
     """
-    *lead, H, W = z.shape
+    H, W = z.shape[-2:]
     h, w = H // scale, W // scale
-    rows = z.reshape(*lead, scale, h * W).sum(dim=-2)
-    return rows.reshape(*lead, h, scale, w).sum(dim=-2).div_(scale * scale)
+    rows = z[..., :h, :] + z[..., h : 2 * h, :]
+    for a in range(2, scale):
+        rows += z[..., a * h : (a + 1) * h, :]
+    out = rows[..., :w] + rows[..., w : 2 * w]
+    for b in range(2, scale):
+        out += rows[..., b * w : (b + 1) * w]
+    return out.div_(scale * scale)
 
 
 def reverse(z: Tensor, columns: int | None = None) -> Tensor:

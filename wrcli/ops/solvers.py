@@ -20,7 +20,7 @@ from .backend import select
 from .fused import DEN_FLOOR, converse_divide, exact_blocks, official_mix
 from .precision import compute_dtype, full_precision
 from .sampling import Centre, alias_mean, decimate, decimate_adjoint, kernel_shift, reverse, wrap
-from .spectral import alias_power, otf
+from .spectral import alias_power, decimated_spectrum, otf
 
 
 def _per_channel(lam: Tensor) -> Tensor:
@@ -139,16 +139,15 @@ def _official_eager(
     conj K̂ on the half spectrum (C,H,W/2+1), ``power`` P = ⟨|K̂|²⟩↓, ``mh`` M = ⟨W_H⟩↓ + λ.
 
     With p = d x0 and U = F_L(W_L y): zero insertion is tiling, so F(Aᵀ W_L y) = conj K̂ · tile U and
-    R̂ = P̂ + conj K̂ · tile U; A Aᵀ has symbol P, so F_L(A r) = P U + F_L(A p). Neither r nor Aᵀ is
-    formed. With q = W_L F_L(A r) / max(W_L P + M, 10⁻³), g = U − q and v = 1 / max(d, 10⁻³):
+    R̂ = P̂ + conj K̂ · tile U; A Aᵀ has symbol P, so F_L(A r) = P U + F_L(A p), and F_L(A p) is folded from
+    P̂ (:func:`~wrcli.ops.spectral.decimated_spectrum`). Neither r, Aᵀ nor A is formed in space. With q = W_L F_L(A r) / max(W_L P + M, 10⁻³), g = U − q and v = 1 / max(d, 10⁻³):
 
         x̂(k) = ½ v(k) [P̂ + conj K̂ · tile g] + ½ v(−k) [P̂ + conj K̂ · tile conj g(−i)]
 
     (U − conj q(−i) = conj g(−i) as U(−i) = conj U(i)). The ½ is folded in: p and W_L y are taken at ¼
     (so P̂, U and q are) and 1 / max(½d, ½·10⁻³) = 2v. The spectra are viewed as (B,C,s,h,W/2+1), over whose s row
     blocks the low-resolution maps, extended to the half spectrum's columns, broadcast. Intermediates
-    are updated in place where autograd allows (every high-resolution allocation is a page-faulting
-    mmap at batch 8).
+    are updated in place where autograd allows.
     """
     B, C, H, W = x0.shape
     h, w = y.shape[-2:]
@@ -156,14 +155,14 @@ def _official_eager(
     blocks = (B, C, H // h, h, cols)
     half_d = torch.add(0.5 * lam, w_high, alpha=0.5)
     p = torch.addcmul(x0.new_zeros(()), half_d, x0, value=0.5)  # ¼ d x0
+    p_hat = torch.fft.rfft2(p)
     u = torch.fft.fft2((w_low * y).mul_(0.25))
-    q = torch.fft.fft2(decimate(p, kernel, scale, centre)).addcmul_(power, u)
-    g = q.mul_(w_low).div_(torch.addcmul(mh, w_low, power).clamp_min_(DEN_FLOOR)).sub_(u)  # −g
+    q = decimated_spectrum(p_hat, k_conj, W, scale).addcmul_(power, u)
+    g = q.mul_(w_low / torch.addcmul(mh, w_low, power).clamp_min_(DEN_FLOOR)).sub_(u)  # −g
     t_fwd, t_rev = wrap(g, (0, 0), (h, cols)).unsqueeze(2), reverse(g.conj(), cols).unsqueeze(2)
-    p_hat, k_conj = torch.fft.rfft2(p).reshape(blocks), k_conj.reshape(-1, *blocks[2:])
+    p_hat, k_conj = p_hat.reshape(blocks), k_conj.reshape(-1, *blocks[2:])
     x_hat = torch.addcmul(p_hat, k_conj, t_fwd, value=-1)
-    rev = p_hat.addcmul_(k_conj, t_rev, value=-1)
+    rev = torch.addcmul(p_hat, k_conj, t_rev, value=-1)
     v = half_d.clamp_min(DEN_FLOOR / 2).reciprocal_()  # 2 / max(d, 10⁻³), exactly
-    v_fwd, v_rev = v[..., :cols].reshape(blocks).unsqueeze(-1), reverse(v, cols).reshape(blocks).unsqueeze(-1)
-    torch.view_as_real(x_hat).mul_(v_fwd).addcmul_(torch.view_as_real(rev), v_rev)  # real views: no complex copy of v
+    x_hat = x_hat.mul_(v[..., :cols].reshape(blocks)).addcmul_(rev, reverse(v, cols).reshape(blocks))
     return x_hat.reshape(B, C, H, cols)

@@ -16,7 +16,9 @@ def otf(kernel: Tensor, size: tuple[int, int], centre: Centre, columns: int | No
 
         K̂(k1, k2) = Σ_{a,b} k[a, b] · e^{−2πi k1 (a − sh)/H} · e^{−2πi k2 (b − sw)/W},
 
-    evaluated as this separable sum over the taps (exact, and far cheaper than an H×W FFT per channel).
+    evaluated as this separable sum over the taps (exact, and far cheaper than an H×W FFT per channel):
+    the column sums G[c,a,k2] = Σ_b k[a,b] e^{…k2…} first, then K̂ = Σ_a e^{…k1…} ⊗ G[:,a], one pass over
+    the result per kernel row (a complex batched matmul with kh inner terms is slower on CPU).
     kernel: (C,kh,kw) real → (C,H,columns) complex; ``columns`` defaults to W (the full spectrum).
     ``conj``: conj K̂ (the response of Kᵀ) instead, from conjugated phase tables (no pass over the result).
     """
@@ -30,7 +32,35 @@ def otf(kernel: Tensor, size: tuple[int, int], centre: Centre, columns: int | No
     cols = _phases(W, W if columns is None else columns, kw, sw, kernel.device).to(dtype)
     if conj:
         rows, cols = rows.conj().resolve_conj(), cols.conj().resolve_conj()
-    return torch.einsum("ha,cab,wb->chw", rows, kernel.to(dtype), cols)
+    col_sums = torch.einsum("cab,wb->caw", kernel.to(dtype), cols)
+    out = rows[:, 0, None] * col_sums[:, None, 0]
+    for a in range(1, kh):
+        out = out.addcmul_(rows[:, a, None], col_sums[:, None, a])
+    return out
+
+
+def decimated_spectrum(x_half: Tensor, k_conj: Tensor, width: int, scale: int) -> Tensor:
+    """F_L(A x), the full low-resolution spectrum (B,C,h,w) of ``A x``, from the half spectrum
+    X̂ = rfft2(x) (B,C,H,W/2+1) and conj K̂ on the same columns (C,H,W/2+1); ``width`` = W:
+
+        F_L(A x)(i) = s⁻² Σ_m (K̂ X̂)(i1 + m1·h, i2 + m2·w)     (decimation folds each alias group).
+
+    The s row blocks are summed on the half spectrum, E(i1, k2) = Σ_{m1} K̂X̂(i1 + m1·h, k2); the columns
+    beyond W/2 follow from E(i1, k2) = conj E(−i1, W − k2) (x and k are real); then the s column blocks are
+    added. One pass over X̂ instead of a strided convolution on x and a low-resolution FFT.
+    """
+    B, C, H, cols = x_half.shape
+    h, w = H // scale, width // scale
+    x_blocks, k_blocks = x_half.reshape(B, C, scale, h, cols), k_conj.reshape(C, scale, h, cols)
+    e = x_blocks[:, :, 0] * k_blocks[:, 0].conj()
+    for m in range(1, scale):
+        e = e.addcmul_(x_blocks[:, :, m], k_blocks[:, m].conj())
+    rows_reversed = torch.cat([e[..., :1, :], e[..., 1:, :].flip(-2)], -2)  # E(−i1, ·)
+    e = torch.cat([e, rows_reversed[..., 1 : width - cols + 1].flip(-1).conj()], -1)  # (B,C,h,W)
+    z = e[..., :w] + e[..., w : 2 * w]
+    for m in range(2, scale):
+        z += e[..., m * w : (m + 1) * w]
+    return z.div_(scale * scale)
 
 
 def _phases(n: int, count: int, taps: int, shift: int, device: torch.device) -> Tensor:
