@@ -1,5 +1,5 @@
 """glibc's heap settings: freed blocks are kept for reuse (no page faults on the next allocation of the same
-size), the user's own glibc settings win, and every wrc command sets them before its options are checked."""
+size), the user's own glibc settings win, and wrc commands but extract set them before their options are checked."""
 
 from __future__ import annotations
 
@@ -56,11 +56,13 @@ def test_the_users_own_glibc_settings_win():
     assert faults("keep", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=131072")["kept"] is False
 
 
-def test_every_command_sets_the_heap_up(monkeypatch, tmp_path):
+def test_commands_but_extract_set_the_heap_up(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
-    result = CliRunner().invoke(cli.app, ["info", str(tmp_path / "missing.zarr")])
-    assert result.exit_code != 0 and calls == [1]
+    assert CliRunner().invoke(cli.app, ["info", str(tmp_path / "missing.zarr")]).exit_code != 0
+    assert calls == [1]
+    assert CliRunner().invoke(cli.app, ["extract", str(tmp_path / "missing"), str(tmp_path / "out.zarr")]).exit_code != 0
+    assert calls == [1]  # extract trims after every batch instead
 
 
 def test_trim_is_a_no_op_without_glibc(monkeypatch):

@@ -56,12 +56,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", envvar="WRC_DEBUG", help="Show tracebacks on errors."),
 ) -> None:
     global _debug
     _debug = debug
-    keep_freed_memory()
+    if ctx.invoked_subcommand != "extract":  # extract trims its heap after every batch: kept blocks only raised its peak
+        keep_freed_memory()
 
 
 def _one_of(*choices: str) -> Callable[[Optional[str]], Optional[str]]:
