@@ -33,8 +33,8 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
     zeroed page by page by the kernel when it is touched again. On the 2-core KVM machines that costs ~3.5 µs
     per 4 KiB page: 10k page faults (~35 ms) in a batch-1 WRC solve of ~30 ms of arithmetic, 160k at batch 8.
     Memory the program frees stays reusable instead; :func:`trim_memory` still returns it. Every wrc command
-    but extract sets this (extract trims after every batch, which faults the next batch in anyway). Left alone when the user set glibc's own variables (``MALLOC_*_``, ``GLIBC_TUNABLES``);
-    a no-op off glibc.
+    but extract sets this (extract trims after every batch, which faults the next batch in anyway). Left
+    alone when the user set glibc's own variables (``MALLOC_*_``, ``GLIBC_TUNABLES``); a no-op off glibc.
     """
     if any(name in os.environ for name in _MALLOC_ENV) or (mallopt := _libc_function("mallopt")) is None:
         return False

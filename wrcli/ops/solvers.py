@@ -140,7 +140,8 @@ def _official_eager(
 
     With p = d x0 and U = F_L(W_L y): zero insertion is tiling, so F(Aᵀ W_L y) = conj K̂ · tile U and
     R̂ = P̂ + conj K̂ · tile U; A Aᵀ has symbol P, so F_L(A r) = P U + F_L(A p), and F_L(A p) is folded from
-    P̂ (:func:`~wrcli.ops.spectral.decimated_spectrum`). Neither r, Aᵀ nor A is formed in space. With q = W_L F_L(A r) / max(W_L P + M, 10⁻³), g = U − q and v = 1 / max(d, 10⁻³):
+    P̂ (:func:`~wrcli.ops.spectral.decimated_spectrum`). Neither r, Aᵀ nor A is formed in space. With
+    q = W_L F_L(A r) / max(W_L P + M, 10⁻³), g = U − q and v = 1 / max(d, 10⁻³):
 
         x̂(k) = ½ v(k) [P̂ + conj K̂ · tile g] + ½ v(−k) [P̂ + conj K̂ · tile conj g(−i)]
 
