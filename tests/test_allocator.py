@@ -36,7 +36,7 @@ print(json.dumps({"kept": kept, "faults": resource.getrusage(resource.RUSAGE_SEL
 
 
 def faults(mode: str, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")}
+    clean = {k: v for k, v in os.environ.items() if k not in allocator._MALLOC_ENV}
     out = subprocess.run([sys.executable, "-c", FAULTS, mode], env={**clean, **env}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 

@@ -104,22 +104,23 @@ def decimate_adjoint(r: Tensor, kernel: Tensor, scale: int, centre: Centre) -> T
     return unwrap(z, (sh - kh + 1, sw - kw + 1), (H, W))
 
 
+def block_sum(z: Tensor, dim: int, scale: int) -> Tensor:
+    """Σ_m z[…, m·n : (m+1)·n, …] along ``dim`` (of length s·n): the sum of its s equal blocks, → length n.
+
+    Elementwise adds of slabs (~3× faster on CPU than a sum over a size-s axis of a reshaped view).
+    """
+    n = z.shape[dim] // scale
+    out = z.narrow(dim, 0, n) + z.narrow(dim, n, n)
+    for m in range(2, scale):
+        out += z.narrow(dim, m * n, n)
+    return out
+
+
 def alias_mean(z: Tensor, scale: int) -> Tensor:
     """⟨Z⟩↓: mean over the s×s equal blocks of an (…,s·h,s·w) array, i.e. over each alias group
-    {(u + a·h, v + b·w)} of a spectrum (the authors' "splits + mean"), → (…,h,w).
-
-    Added one axis at a time, block by block (elementwise adds of slabs run ~3× faster on CPU than a sum
-    over a size-s axis of a reshaped view).
+    {(u + a·h, v + b·w)} of a spectrum (the authors' "splits + mean"), → (…,h,w); one axis at a time.
     """
-    H, W = z.shape[-2:]
-    h, w = H // scale, W // scale
-    rows = z[..., :h, :] + z[..., h : 2 * h, :]
-    for a in range(2, scale):
-        rows += z[..., a * h : (a + 1) * h, :]
-    out = rows[..., :w] + rows[..., w : 2 * w]
-    for b in range(2, scale):
-        out += rows[..., b * w : (b + 1) * w]
-    return out.div_(scale * scale)
+    return block_sum(block_sum(z, -2, scale), -1, scale).div_(scale * scale)
 
 
 def reverse(z: Tensor, columns: int | None = None) -> Tensor:

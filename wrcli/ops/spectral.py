@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sampling import Centre, kernel_shift
+from .sampling import Centre, block_sum, kernel_shift, reverse
 
 
 def otf(kernel: Tensor, size: tuple[int, int], centre: Centre, columns: int | None = None, *, conj: bool = False) -> Tensor:
@@ -50,17 +50,14 @@ def decimated_spectrum(x_half: Tensor, k_conj: Tensor, width: int, scale: int) -
     added. One pass over X̂ instead of a strided convolution on x and a low-resolution FFT.
     """
     B, C, H, cols = x_half.shape
-    h, w = H // scale, width // scale
+    h = H // scale
     x_blocks, k_blocks = x_half.reshape(B, C, scale, h, cols), k_conj.reshape(C, scale, h, cols)
     e = x_blocks[:, :, 0] * k_blocks[:, 0].conj()
     for m in range(1, scale):
         e = e.addcmul_(x_blocks[:, :, m], k_blocks[:, m].conj())
-    rows_reversed = torch.cat([e[..., :1, :], e[..., 1:, :].flip(-2)], -2)  # E(−i1, ·)
-    e = torch.cat([e, rows_reversed[..., 1 : width - cols + 1].flip(-1).conj()], -1)  # (B,C,h,W)
-    z = e[..., :w] + e[..., w : 2 * w]
-    for m in range(2, scale):
-        z += e[..., m * w : (m + 1) * w]
-    return z.div_(scale * scale)
+    # column k2 in cols … W−1 is conj E(−i1, W − k2) = conj reverse(E)[…, k2 + cols − W] (reverse: mod cols)
+    e = torch.cat([e, reverse(e)[..., 2 * cols - width : cols].conj()], -1)  # (B,C,h,W)
+    return block_sum(e, -1, scale).div_(scale * scale)
 
 
 def _phases(n: int, count: int, taps: int, shift: int, device: torch.device) -> Tensor:
