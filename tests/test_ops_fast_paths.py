@@ -1,7 +1,7 @@
 """The eager official solve and the helpers it is built from, against the fused formulation and definitions.
 
-On the torch path :func:`wrcli.ops.official` assembles R̂ and F_L(A r) in the frequency domain
-(``solvers._official_eager``); the CUDA kernels and torch.compile take them from r = Aᵀ(W_L y) + d x0
+On the torch and compiled paths :func:`wrcli.ops.official` assembles R̂ and F_L(A r) in the frequency domain
+(``solvers._official_spectral``); the CUDA kernels take them from r = Aᵀ(W_L y) + d x0
 (:func:`wrcli.ops.fused.official_mix`). Both must agree to rounding, values and gradients.
 """
 

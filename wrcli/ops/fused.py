@@ -2,9 +2,10 @@
 
 Each step takes the same tensors on every path; :func:`wrcli.ops.backend.select` picks one: ``cupy`` (the
 CUDA kernels), ``compiled`` (these PyTorch functions through ``torch.compile``, which fuses each into one
-loop; eager if compiling fails) or ``torch`` (these functions, eagerly). The PyTorch steps take complex
+loop; eager if compiling fails) or ``torch`` (these functions, eagerly). The compiled steps take complex
 tensors as real views (…, 2) and compute in real arithmetic, so that the compiler can fuse them: it
-generates no code for complex operators.
+generates no code for complex operators. :func:`spectral_mix` is the one step of the official solve's
+PyTorch formulation (which the CUDA path does not use) worth fusing on CPU.
 """
 
 from __future__ import annotations
@@ -63,6 +64,35 @@ def _official_mix(r_hat: Tensor, z: Tensor, w_low: Tensor, power: Tensor, mh: Te
     k_re, k_im, v_sum = k_half[..., 0], k_half[..., 1], v_fwd + v_rev
     x_re = r_hat[..., 0] * v_sum - (k_re * m_re + k_im * m_im)
     x_im = r_hat[..., 1] * v_sum - (k_re * m_im - k_im * m_re)
+    return torch.stack([x_re, x_im], dim=-1)
+
+
+def spectral_mix(p_hat: Tensor, k_conj: Tensor, t_fwd: Tensor, t_rev: Tensor, v: Tensor) -> Tensor:
+    """The high-resolution step of the eager official solve (:func:`wrcli.ops.solvers._official_spectral`):
+
+        x̂(k) = v(k) [P̂ − conj K̂ · T] + v(−k) [P̂ − conj K̂ · T_r]
+
+    on the half spectrum's s row blocks: P̂ (B,C,s,h,W/2+1) and conj K̂ (C,s,h,W/2+1) complex, the low-resolution
+    T and T_r (B,C,1,h,W/2+1) complex (broadcast over the blocks), v (B,C,H,W) real. ``torch``: five complex
+    passes; ``compiled``: the same on real views (…, 2), one fused loop with v's reversal as index arithmetic.
+    """
+    cols = p_hat.shape[-1]
+    if select(v.device, v.dtype) == "compiled":
+        planes = _compiled(_spectral_mix)(*(torch.view_as_real(t.resolve_conj()) for t in (p_hat, k_conj, t_fwd, t_rev)), v)
+        return torch.view_as_complex(planes)
+    x_hat = torch.addcmul(p_hat, k_conj, t_fwd, value=-1)
+    rev = torch.addcmul(p_hat, k_conj, t_rev, value=-1)
+    return x_hat.mul_(v[..., :cols].reshape(p_hat.shape)).addcmul_(rev, reverse(v, cols).reshape(p_hat.shape))
+
+
+def _spectral_mix(p_hat: Tensor, k_conj: Tensor, t_fwd: Tensor, t_rev: Tensor, v: Tensor) -> Tensor:
+    """:func:`spectral_mix` on real views (…, 2) of the complex tensors, → (B,C,s,h,W/2+1,2)."""
+    shape = p_hat.shape[:-1]
+    v_fwd, v_rev = v[..., : shape[-1]].reshape(shape), reverse(v, shape[-1]).reshape(shape)
+    p_re, p_im, k_re, k_im = p_hat[..., 0], p_hat[..., 1], k_conj[..., 0], k_conj[..., 1]
+    a_re, a_im, b_re, b_im = t_fwd[..., 0], t_fwd[..., 1], t_rev[..., 0], t_rev[..., 1]
+    x_re = (p_re - (k_re * a_re - k_im * a_im)) * v_fwd + (p_re - (k_re * b_re - k_im * b_im)) * v_rev
+    x_im = (p_im - (k_re * a_im + k_im * a_re)) * v_fwd + (p_im - (k_re * b_im + k_im * b_re)) * v_rev
     return torch.stack([x_re, x_im], dim=-1)
 
 

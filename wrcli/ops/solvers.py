@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .backend import select
-from .fused import DEN_FLOOR, converse_divide, exact_blocks, official_mix
+from .fused import DEN_FLOOR, converse_divide, exact_blocks, official_mix, spectral_mix
 from .precision import compute_dtype, full_precision
 from .sampling import Centre, alias_mean, decimate, decimate_adjoint, kernel_shift, reverse, wrap
 from .spectral import alias_power, decimated_spectrum, otf
@@ -113,16 +113,16 @@ def official(
     Computed with one high-resolution rfft2 and one irfft2: ⟨K̂ R̂⟩↓ = F_L(A r) on the low-resolution
     grid, and since x̂ is not Hermitian, Re F⁻¹ x̂ = irfft2 of its Hermitian part
     ½(x̂(k) + conj x̂(−k)), formed on the half spectrum from the maps and their index reversals.
-    The fused paths (CUDA kernels, torch.compile) take R̂ and F_L(A r) (:func:`official_mix`); eager
-    PyTorch assembles them in the frequency domain instead (:func:`_official_eager`).
+    The CUDA kernels take R̂ and F_L(A r) (:func:`official_mix`); PyTorch, eager or compiled, assembles them
+    in the frequency domain instead (:func:`_official_spectral`).
     """
     _check(y, x0, scale)
     H, W = x0.shape[-2:]
     lam = _per_channel(lam)
     power, mh = alias_power(kernel, scale, y.shape[-2:]), alias_mean(w_high, scale) + lam
-    if select(y.device, y.dtype) == "torch":
+    if select(y.device, y.dtype) != "cupy":
         k_conj = otf(kernel, (H, W), centre, columns=W // 2 + 1, conj=True)
-        x_hat = _official_eager(y, x0, w_low, w_high, kernel, lam, power, mh, k_conj, scale, centre)
+        x_hat = _official_spectral(y, x0, w_low, w_high, lam, power, mh, k_conj, scale)
     else:
         d = w_high + lam
         r = torch.addcmul(decimate_adjoint(w_low * y, kernel, scale, centre), d, x0)
@@ -131,9 +131,9 @@ def official(
     return torch.fft.irfft2(x_hat, s=(H, W))
 
 
-def _official_eager(
-    y: Tensor, x0: Tensor, w_low: Tensor, w_high: Tensor, kernel: Tensor, lam: Tensor, power: Tensor, mh: Tensor,
-    k_conj: Tensor, scale: int, centre: Centre,
+def _official_spectral(
+    y: Tensor, x0: Tensor, w_low: Tensor, w_high: Tensor, lam: Tensor, power: Tensor, mh: Tensor, k_conj: Tensor,
+    scale: int,
 ) -> Tensor:
     """The half spectrum x̂ of :func:`official` in few high-resolution passes, (B,C,H,W/2+1); ``k_conj`` is
     conj K̂ on the half spectrum (C,H,W/2+1), ``power`` P = ⟨|K̂|²⟩↓, ``mh`` M = ⟨W_H⟩↓ + λ.
@@ -161,9 +161,6 @@ def _official_eager(
     q = decimated_spectrum(p_hat, k_conj, W, scale).addcmul_(power, u)
     g = q.mul_(w_low / torch.addcmul(mh, w_low, power).clamp_min_(DEN_FLOOR)).sub_(u)  # −g
     t_fwd, t_rev = wrap(g, (0, 0), (h, cols)).unsqueeze(2), reverse(g.conj(), cols).unsqueeze(2)
-    p_hat, k_conj = p_hat.reshape(blocks), k_conj.reshape(-1, *blocks[2:])
-    x_hat = torch.addcmul(p_hat, k_conj, t_fwd, value=-1)
-    rev = torch.addcmul(p_hat, k_conj, t_rev, value=-1)
     v = half_d.clamp_min(DEN_FLOOR / 2).reciprocal_()  # 2 / max(d, 10⁻³), exactly
-    x_hat = x_hat.mul_(v[..., :cols].reshape(blocks)).addcmul_(rev, reverse(v, cols).reshape(blocks))
+    x_hat = spectral_mix(p_hat.reshape(blocks), k_conj.reshape(-1, *blocks[2:]), t_fwd, t_rev, v)
     return x_hat.reshape(B, C, H, cols)
