@@ -6,7 +6,8 @@
 The baseline's ``wrcli/ops`` is imported as a separate package (it only uses relative imports). Inputs are
 what the WRC layer gives its solve for DINOv2 ViT-S/14 at 448 (32×32 tokens padded to 36×36, ×2 → 72×72, 208
 channels); each solve and one rfft2 + irfft2 pair on x0 are timed in rounds that alternate the two versions,
-and the medians are printed with the ratios.
+and the medians are printed with the ratios. ``--backend compiled`` runs both versions' solves through their
+``compiled`` path (``WRC_BACKEND``), compiled in the warm-up call.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from wrcli.allocator import keep_freed_memory
-from wrcli.ops.backend import use_backend
+from wrcli.ops.backend import ENV, use_backend
 
 SOLVES = ("official", "exact", "converse")
 
@@ -63,15 +65,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--allocator", choices=("keep", "default"), default="keep",
                     help="keep: glibc keeps freed memory for reuse, as the wrc command sets it; default: glibc's own")
+    ap.add_argument("--backend", choices=("torch", "compiled"), default="torch",
+                    help="the solve path of both versions (compiled: torch.compile, compiled in the warm-up call)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if a.allocator == "keep" and not keep_freed_memory():
         raise SystemExit("could not set glibc's allocator (not glibc, or MALLOC_*/GLIBC_TUNABLES set)")
     from wrcli import ops as current
 
+    os.environ[ENV] = a.backend  # the baseline package reads its own copy of the backend switch from here
     versions = {"baseline": load_package(a.baseline.resolve(), "baseline_ops"), "current": current}
     rows = []
-    with torch.inference_mode(), use_backend("torch"):
+    with torch.inference_mode(), use_backend(a.backend):
         for threads in a.threads:
             torch.set_num_threads(threads)
             for batch in a.batch:
@@ -100,7 +105,8 @@ def main() -> None:
                           f"{row['current_ms']:8.2f} ms  ×{row['speedup']:.2f}   fft pair {row['fft_ms']:.2f} ms → "
                           f"{row['baseline_over_fft']:.2f}× / {row['current_over_fft']:.2f}× the pair", flush=True)
     if a.json:
-        a.json.write_text(json.dumps({"channels": a.channels, "grid": a.grid, "rounds": a.rounds, "rows": rows}, indent=1))
+        a.json.write_text(json.dumps({"channels": a.channels, "grid": a.grid, "rounds": a.rounds, "backend": a.backend,
+                                      "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
