@@ -63,7 +63,7 @@ def from_cache(paths: Sequence[Path]) -> Callable[[int], Sample]:
     return lambda i: read_val_entry(paths[i])
 
 
-def _stats(pred: Tensor, target: Tensor) -> Tensor:
+def agreement_sums(pred: Tensor, target: Tensor) -> Tensor:
     """[Σ cosine over pixels, pixel count, Σ squared error, value count] (float64)."""
     cos = F.cosine_similarity(pred.float(), target.float(), dim=1)
     sq = (pred.float() - target.float()).square()
@@ -79,7 +79,7 @@ def validate(model: nn.Module, normalize: Callable[[Tensor], Tensor], sample: Ca
     eval mode, float32."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(2, 2, 4, dtype=torch.float64)  # (model, bilinear) × (full, tiles) × _stats
+    totals = torch.zeros(2, 2, 4, dtype=torch.float64)  # (model, bilinear) × (full, tiles) × agreement_sums
     contrast = torch.zeros(count, len(CONTRASTS), dtype=torch.float64)  # per image, zero where another rank's
     mine = list(range(rank, count, world))
     for start in range(0, len(mine), batch):
@@ -89,7 +89,7 @@ def validate(model: nn.Module, normalize: Callable[[Tensor], Tensor], sample: Ca
         bilinear = F.interpolate(lr_feats, scale_factor=2, mode="bilinear", align_corners=False)
         for m, pred in enumerate((out, bilinear)):
             for t, target in enumerate(targets):
-                totals[m, t] += _stats(pred, target)
+                totals[m, t] += agreement_sums(pred, target)
         maps = (out, bilinear, *targets)
         contrast[indices] = torch.stack([mean_pairwise_cosine(x).double().cpu() for x in maps], dim=1)
     model.train(was_training)
