@@ -174,7 +174,7 @@ def test_every_requested_combination_is_measured(report):
     assert set(rows_of(report, "solve")) == {(s, b, p, "torch") for s in ("official", "exact", "converse")
                                              for b in batches for p in precisions}
     assert set(rows_of(report, "fft")) == {("rfft2+irfft2", b, "fp32", None) for b in batches}
-    assert [(s["case"], s["backend"]) for s in report["skipped"]] == [("solve", "cupy")]
+    assert [(s["case"], s["backend"]) for s in report["skipped"]] == [("upsampler,solve,pipeline", "cupy")]
     assert "CUDA device" in report["skipped"][0]["reason"]
     assert report["settings"]["backends"] == ["torch"] and report["settings"]["grid"] == [GRID, GRID]
     env = report["environment"]
@@ -253,3 +253,15 @@ def test_cli_errors_are_one_line(vits_weights, extra, message, capsys, monkeypat
     code, stdout, err = run_cli(bench_args(vits_weights, *extra), capsys, monkeypatch)
     assert code == 1 and stdout == ""
     assert message in error_line(err)
+
+
+@pytest.mark.slow
+def test_upsampler_rows_per_backend(vits_weights):
+    """A learned upsampler is timed once per backend (compiled: its passes compiled whole), an interpolation once."""
+    opts = BenchOptions(backbone=ARCH, backbone_weights=str(vits_weights), upsamplers="bilinear,default", device="cpu",
+                        size=56, batches="1", precisions="fp32", backends="torch,compiled", cases="backbone,upsampler",
+                        warmup=1, repeats=1)
+    report = run_bench(opts)
+    assert set(rows_of(report, "upsampler")) == {("bilinear", 1, "fp32", None), ("wrc", 1, "fp32", "torch"),
+                                                 ("wrc", 1, "fp32", "compiled")}
+    assert all(r["relative"]["to"] == "backbone" for r in report["results"] if r["case"] == "upsampler")

@@ -1,10 +1,11 @@
 """``wrc bench``: wall-clock time and peak memory of the backbone, each upsampler, the WRC solves alone, one
-rfft2 + irfft2 pair, and backbone + upsampler, per batch size, precision and solve backend.
+rfft2 + irfft2 pair, and backbone + upsampler, per batch size, precision and backend.
 
 Cases (B = batch, S = ``size``, p = patch, (h, w) = (S/p, S/p) the token grid, C = the backbone's channels):
 
 - ``backbone``: normalisation of a uint8 (B,3,S,S) batch, then the frozen backbone's forward.
-- ``upsampler``: ``upsample(features, images, scale=s)`` on the backbone's real output for that batch.
+- ``upsampler``: ``upsample(features, images, scale=s)`` on the backbone's real output for that batch, under
+  each backend for a learned model (``compiled`` compiles its whole passes; the warm-up calls compile).
 - ``solve``: ``official``, ``exact`` and ``converse`` of :mod:`wrcli.ops` alone, on what the WRC layer hands
   them: y (B,M,h+4,w+4) (padded by 2; M = ``solve_channels``, by default the WRC upsampler's layer width
   (C + 32) // 2, 208 for ViT-S), x0 = bilinear ×s of y, weight maps log1p(z²) ≥ 0 of y's and x0's
@@ -52,7 +53,7 @@ from torch import Tensor
 from wrcli.defaults import DEFAULT_BACKBONE, DEFAULT_UPSAMPLER
 from wrcli.errors import WrcError
 from wrcli.models.wrc import WRCUpsampler
-from wrcli.ops.backend import BACKENDS
+from wrcli.ops.backend import BACKENDS, use_backend
 from wrcli.precision import autocast, resolve_precision
 from wrcli.session import Session
 
@@ -61,6 +62,7 @@ PRECISIONS = ("fp32", "bf16")
 SOLVES = ("official", "exact", "converse")
 PAD, KERNEL = 2, 2  # the WRC layer's padding of y and kernel size
 REFERENCE = {"solve": "fft", "upsampler": "backbone", "pipeline": "backbone"}  # the "relative" column
+BACKEND_CASES = ("upsampler", "solve", "pipeline")  # the cases measured once per backend
 COPY_BYTES = {"cuda": 1 << 30, "cpu": 1 << 28}
 MiB = float(1 << 20)
 
@@ -154,14 +156,16 @@ def backend_problem(name: str, device: torch.device) -> str | None:
     return None
 
 
-def runnable_backends(requested: Sequence[str], device: torch.device) -> tuple[list[str], list[dict[str, str]]]:
-    """The requested solve backends that can run here, and a note for each skipped one; WrcError when none
-    can."""
+def runnable_backends(requested: Sequence[str], device: torch.device,
+                      cases: Sequence[str] = ("solve",)) -> tuple[list[str], list[dict[str, str]]]:
+    """The requested backends that can run here, and a note for each skipped one (``case``: the cases it is
+    missing from); WrcError when none can."""
     problems = {name: backend_problem(name, device) for name in requested}
     runnable = [name for name, problem in problems.items() if problem is None]
     if not runnable:
         raise WrcError(f"--backend {','.join(requested)}: {problems[requested[0]]}; use --backend torch")
-    skipped = [{"case": "solve", "backend": name, "reason": problem} for name, problem in problems.items() if problem]
+    case = ",".join(cases)
+    skipped = [{"case": case, "backend": name, "reason": problem} for name, problem in problems.items() if problem]
     return runnable, skipped
 
 
@@ -336,11 +340,10 @@ class Bench:
     def _measure(self, fn: Callable[[], object], precision: str) -> tuple[list[float], dict[str, Any]]:
         return measure(fn, self.device, precision, self.opts.warmup, self.opts.repeats)
 
-    def _solve_backend(self, model: Any) -> str | None:
-        """The backend the upsampler's own solve runs on (automatic choice), None for one without a solve."""
-        from wrcli.ops.backend import select
-
-        return select(self.device, torch.float32) if getattr(model, "solver", None) else None
+    def _model_backends(self, model: Any) -> list[str | None]:
+        """The backends an upsampler's rows run under: each requested one for a model with learned passes
+        (its solve and, under ``compiled``, its whole passes depend on it), None for an interpolation."""
+        return list(self.backends) if model.native_scale is not None else [None]
 
     def backbone(self) -> Iterator[dict[str, Any]]:
         for batch in self.plan.batches:
@@ -356,9 +359,11 @@ class Bench:
                     images = self.bb.normalize(pixels(batch, self.opts.size, self.device))
                     feats = self.bb(images)
                 for label, model in self.models.items():
-                    times, memory = self._measure(
-                        lambda m=model: m.upsample(feats, images, scale=self.opts.scale), precision)
-                    yield _row("upsampler", label, batch, precision, self._solve_backend(model), times, memory)
+                    for backend in self._model_backends(model):
+                        with use_backend(backend):
+                            times, memory = self._measure(
+                                lambda m=model: m.upsample(feats, images, scale=self.opts.scale), precision)
+                        yield _row("upsampler", label, batch, precision, backend, times, memory)
 
     def pipeline(self) -> Iterator[dict[str, Any]]:
         for batch in self.plan.batches:
@@ -369,15 +374,16 @@ class Bench:
                         images = self.bb.normalize(x)
                         return m.upsample(self.bb(images), images, scale=self.opts.scale)
 
-                    times, memory = self._measure(run, precision)
-                    yield _row("pipeline", label, batch, precision, self._solve_backend(model), times, memory)
+                    for backend in self._model_backends(model):
+                        with use_backend(backend):
+                            times, memory = self._measure(run, precision)
+                        yield _row("pipeline", label, batch, precision, backend, times, memory)
 
     def _inputs(self, batch: int, dtype: torch.dtype) -> dict[str, Tensor]:
         return solve_inputs(batch, self.solve_channels, self.grid, self.opts.scale, dtype, self.device)
 
     def solve(self) -> Iterator[dict[str, Any]]:
         from wrcli import ops
-        from wrcli.ops.backend import use_backend
 
         for batch in self.plan.batches:
             for precision in self.plan.precisions:
@@ -417,7 +423,7 @@ def add_relative(rows: list[dict[str, Any]]) -> None:
 
 
 def _describe(row: dict[str, Any]) -> str:
-    backend = f" {row['backend']}" if row["backend"] and row["case"] == "solve" else ""
+    backend = f" {row['backend']}" if row["backend"] else ""
     return f"{row['case']} {row['name']} batch {row['batch']} {row['precision']}{backend}"
 
 
@@ -486,7 +492,8 @@ def _open(opts: BenchOptions, plan: Plan, log: Callable[[str], None]) -> tuple[S
 
     names = parse_upsamplers(opts.upsamplers)
     device = resolve_device(opts.device, current_rank())
-    backends, skipped = runnable_backends(plan.backends, device) if "solve" in plan.cases else ([], [])
+    uses = [c for c in plan.cases if c in BACKEND_CASES]
+    backends, skipped = runnable_backends(plan.backends, device, uses) if uses else ([], [])
     for note in skipped:
         log(f"bench: skipping the {note['backend']} solve backend: {note['reason']}")
     needs_models = bool({"upsampler", "pipeline"} & set(plan.cases))

@@ -629,7 +629,7 @@ def bench_cmd(
     scale: int = typer.Option(2, min=2, help="Upsampling factor of the token grid."),
     batch: str = typer.Option("1,8", "--batch", help="Batch sizes, comma-separated."),
     precision: str = typer.Option("fp32,bf16", help="fp32, bf16 and/or auto (bfloat16 autocast; auto: what the other commands' --precision auto picks here; the solve computes in fp32 and takes bf16 inputs)."),
-    backend: str = typer.Option("torch,compiled,cupy", help="Solve backends, comma-separated: torch (eager), compiled (torch.compile; the first warm-up call compiles), cupy (CUDA only; skipped with a note where it cannot run)."),
+    backend: str = typer.Option("torch,compiled,cupy", help="Backends of the solves and the learned upsamplers, comma-separated: torch (eager), compiled (torch.compile of the solves' fused steps and of the upsamplers' whole passes; the first warm-up call compiles), cupy (CUDA only; skipped with a note where it cannot run)."),
     warmup: int = typer.Option(2, min=0, help="Untimed calls before the timed ones."),
     repeats: int = typer.Option(10, min=1, help="Timed calls (median, spread)."),
     solve_channels: Optional[int] = typer.Option(None, min=1, help="Channels of the solve case (default: the WRC upsampler's layer width for the backbone, (C + 32) // 2)."),

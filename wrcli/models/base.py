@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wrcli.errors import WrcError
+from wrcli.ops.backend import compiled, forced
 
 from . import memory
 from .blocks import fold_batchnorm
@@ -37,6 +38,12 @@ def resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
     if shrinking and x.device.type == "cpu" and x.dtype in _REDUCED:
         return F.interpolate(x.float(), size=size, mode=mode, align_corners=False, antialias=True).to(x.dtype)
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrinking)
+
+
+def run_pass(model: "Upsampler", x: Tensor, guide: Tensor | None, tile: int | None) -> Tensor:
+    """One native pass of ``model`` (in ``tile``-sized tiles when not None): the unit the ``compiled`` backend
+    compiles."""
+    return model(x, guide) if tile is None else model(x, guide, tile=tile)
 
 
 def _as_size(size: Any) -> tuple[int, int]:
@@ -225,6 +232,9 @@ class Upsampler(nn.Module):
         bilinearly enlarged ×s before every pass after the first, like the authors' iterative helper),
         then one bilinear resize (antialiased when shrinking) to the exact size. A target no larger
         than the input takes no pass. Interpolations go to the size in one step.
+        Under the ``compiled`` backend (:mod:`wrcli.ops.backend`) each inference pass runs through
+        ``torch.compile`` (one compile per input shape, then fused elementwise work around the convolutions;
+        eager if compiling fails); training passes stay eager.
         Memory: the budget is ``max_memory`` bytes, capped by the device's free memory
         (:func:`wrcli.models.memory.available_bytes`); models with ``tile_sizes`` run their passes in the
         largest tiles that fit it (:meth:`plan_tile`), with the same outputs to float rounding. A target whose
@@ -239,11 +249,12 @@ class Upsampler(nn.Module):
         check_memory(f"upsampling features {tuple(features.shape)} to {target[0]}×{target[1]}",
                      self.peak_bytes(features, image, target, tile), features.device, max_memory)
         x, guide = features, image if self.guided else None
-        plan = self.passes(tuple(x.shape[-2:]), None if guide is None else tuple(guide.shape[-2:]), target)
+        plan = list(self.passes(tuple(x.shape[-2:]), None if guide is None else tuple(guide.shape[-2:]), target))
+        step = compiled(run_pass, dynamic=False) if plan and forced() == "compiled" and not self.training else run_pass
         for _, guide_hw in plan:
             if guide is not None and tuple(guide.shape[-2:]) != guide_hw:
                 guide = F.interpolate(guide, size=guide_hw, mode="bilinear", align_corners=False)
-            x = self(x, guide) if tile is None else self(x, guide, tile=tile)
+            x = step(self, x, guide, tile)
         if tuple(x.shape[-2:]) != target:
             x = resize(x, target, getattr(self, "mode", "bilinear") if self.native_scale is None else "bilinear")
         return x.contiguous()  # one layout conversion when the model runs channels-last

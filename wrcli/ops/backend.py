@@ -1,7 +1,8 @@
 """Which implementation runs the fused steps of the solves: ``torch`` (eager PyTorch, always works),
 ``compiled`` (the same functions through ``torch.compile``: one fused loop each, after a compile of a few
 seconds per shape, so it pays off on long runs of one shape; eager where compiling fails) or ``cupy``
-(the CUDA raw kernels in ``cuda/``, float32 CUDA tensors only).
+(the CUDA raw kernels in ``cuda/``, float32 CUDA tensors only). Under ``compiled`` a learned upsampler's
+inference passes are compiled whole as well (:meth:`wrcli.models.base.Upsampler.upsample`).
 
 Order of precedence: :func:`use_backend` (innermost wins) > ``WRC_BACKEND=torch|compiled|cupy`` >
 automatic (``cupy`` for float32 CUDA tensors when CuPy imports and sees a GPU, else ``torch``; never
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 
-from wrcli.errors import WrcError
+from wrcli.errors import WrcError, first_line
 
 Backend = Literal["torch", "compiled", "cupy"]
 BACKENDS: tuple[Backend, ...] = ("torch", "compiled", "cupy")
@@ -69,3 +71,22 @@ def use_backend(name: Backend | None) -> Iterator[None]:
         yield
     finally:
         _forced.reset(token)
+
+
+@functools.cache
+def compiled(fn: Callable[..., Any], dynamic: bool | None = None) -> Callable[..., Any]:
+    """``torch.compile(fn, dynamic=dynamic)``, falling back to ``fn`` for good (with one warning) if compiling
+    fails, e.g. without a C++ compiler or Triton. Positional arguments only."""
+    compiled_fn = torch.compile(fn, dynamic=dynamic)
+    failed: list[str] = []
+
+    def call(*args):
+        if not failed:
+            try:
+                return compiled_fn(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+                failed.append(first_line(exc) if not str(exc).strip() else f"{type(exc).__name__}: {first_line(exc)}")
+                warnings.warn(f"torch.compile of {fn.__name__} failed ({failed[0]}); running it eagerly", RuntimeWarning, stacklevel=2)
+        return fn(*args)
+
+    return functools.wraps(fn)(call)

@@ -10,16 +10,12 @@ PyTorch formulation (which the CUDA path does not use) worth fusing on CPU.
 
 from __future__ import annotations
 
-import functools
-import warnings
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from wrcli.errors import first_line
-
-from .backend import select
+from .backend import compiled, select
 from .sampling import reverse
 
 # Floors of the authors' CUDA path (their Python path has none); active only for tiny λ.
@@ -78,7 +74,7 @@ def spectral_mix(p_hat: Tensor, k_conj: Tensor, t_fwd: Tensor, t_rev: Tensor, v:
     """
     cols = p_hat.shape[-1]
     if select(v.device, v.dtype) == "compiled":
-        planes = _compiled(_spectral_mix)(*(torch.view_as_real(t.resolve_conj()) for t in (p_hat, k_conj, t_fwd, t_rev)), v)
+        planes = compiled(_spectral_mix)(*(torch.view_as_real(t.resolve_conj()) for t in (p_hat, k_conj, t_fwd, t_rev)), v)
         return torch.view_as_complex(planes)
     x_hat = torch.addcmul(p_hat, k_conj, t_fwd, value=-1)
     rev = torch.addcmul(p_hat, k_conj, t_rev, value=-1)
@@ -155,23 +151,4 @@ def _roll(t: Tensor, shifts: tuple[int, int]) -> Tensor:
 
 
 def _on(path: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    return _compiled(fn) if path == "compiled" else fn
-
-
-@functools.cache
-def _compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """``torch.compile(fn)``, falling back to ``fn`` for good (with one warning) if compiling fails, e.g.
-    without a C++ compiler or Triton."""
-    compiled = torch.compile(fn)
-    failed: list[str] = []
-
-    def call(*args):
-        if not failed:
-            try:
-                return compiled(*args)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
-                failed.append(first_line(exc) if not str(exc).strip() else f"{type(exc).__name__}: {first_line(exc)}")
-                warnings.warn(f"torch.compile of {fn.__name__} failed ({failed[0]}); running it eagerly", RuntimeWarning, stacklevel=2)
-        return fn(*args)
-
-    return functools.wraps(fn)(call)
+    return compiled(fn) if path == "compiled" else fn
