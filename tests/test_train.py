@@ -84,7 +84,7 @@ def options(setup: dict, **changes) -> TrainOptions:
     base = {
         "recipe": "published", "steps": 6, "batch_size": 2, "lr": 1e-3, "warmup": 2, "size": SIZE, "backbone": ARCH,
         "backbone_weights": setup["weights"]["tiny"], "backbone_kwargs": TINY, "workers": 0, "val": setup["val"],
-        "val_every": 0, "log_every": 1, "checkpoint_every": 100, "progress": False,
+        "val_every": 0, "log_every": 1, "checkpoint_every": 100, "progress": False, "bn_batches": 2,
     }
     return TrainOptions(**{**base, **changes})
 
@@ -223,6 +223,27 @@ def test_the_wrcli_recipe_trains_with_skip_and_raw_mse_and_is_recorded(setup, tm
     assert model.skip and model.config["options"]["skip"] is True
     assert model.provenance["recipe"] == "wrcli" and model.provenance["options"]["mse"] == "raw"
     assert model.head.weight.abs().sum() > 0  # the zero-initialised head has learned a correction
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cached", [False, True], ids=["live", "cached"])
+def test_the_final_batchnorm_statistics_come_from_clean_batches(setup, tmp_path, cached):
+    """Same run with and without the re-estimation: the same learned weights, other BatchNorm statistics (the
+    training state keeps training's running averages, so a longer run continues from those), both recorded."""
+    cache = str(tmp_path / "cache") if cached else None
+    kept, fresh = tmp_path / "kept.safetensors", tmp_path / "fresh.safetensors"
+    train(setup["images"], str(kept), options(setup, steps=3, cache=cache, bn_batches=0))
+    train(setup["images"], str(fresh), options(setup, steps=3, cache=cache, bn_batches=5))
+    a, b = weights_of(kept), weights_of(fresh)
+    stats = [k for k in a if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(not torch.equal(a[k], b[k]) for k in stats)
+    assert_bitwise_equal({k: v for k, v in a.items() if k not in stats and not k.endswith("num_batches_tracked")},
+                         {k: v for k, v in b.items() if k not in stats and not k.endswith("num_batches_tracked")})
+    state = torch.load(f"{fresh}.state.pt", weights_only=True)["model"]
+    assert all(torch.equal(state[k], a[k]) for k in stats)
+    assert load_upsampler(kept).provenance["batchnorm"] is None
+    assert load_upsampler(fresh).provenance["batchnorm"] == {"reestimated_over_batches": 5, "batch": 2,
+                                                           "inputs": "clean training samples"}
 
 
 @pytest.mark.slow

@@ -534,6 +534,7 @@ def train_cmd(
     affinity_weight: Optional[float] = typer.Option(None, min=0.0, help="Weight of the affinity term: the outputs' pairwise pixel cosines against the targets' (default: the recipe's)."),
     contrast_weight: Optional[float] = typer.Option(None, min=0.0, help="Weight of the contrast term: each output map's mean pairwise pixel cosine against its target's (default: the recipe's)."),
     init: Optional[str] = typer.Option(None, help="Start from this checkpoint's weights (a file, or wrc for the shipped one) with a fresh optimiser and schedule; with --resume only when there is no state yet."),
+    bn_batches: int = typer.Option(200, min=0, help="At the end, re-estimate the BatchNorm statistics over this many clean training batches (0: keep training's running averages)."),
     workers: int = typer.Option(2, min=0, help="DataLoader processes."),
     seed: int = typer.Option(0, help="Seed of initialisation, data order, crops and augmentations."),
     device: Device = "auto",
@@ -561,7 +562,7 @@ def train_cmd(
         solver=solver, skip=skip, mse=mse, backbone=backbone, backbone_weights=backbone_weights, size=size,
         val=val_spec, val_every=val_every, log_every=log_every, log_file=log_file, checkpoint_every=checkpoint_every,
         resume=resume, overwrite=overwrite, cache=cache, cache_variants=cache_variants, down_weight=down_weight, aug_weight=aug_weight,
-        affinity_weight=affinity_weight, contrast_weight=contrast_weight, init=init,
+        affinity_weight=affinity_weight, contrast_weight=contrast_weight, init=init, bn_batches=bn_batches,
         workers=workers, seed=seed, device=device, precision=precision,
     )
     main_rank, again = current_rank().is_main, _command() + ("" if resume else " --resume")

@@ -26,7 +26,7 @@ from wrcli.progress import Progress
 from wrcli.reports import command_line
 from wrcli.runtime import Rank
 
-from . import data, validation
+from . import batchnorm, data, recipe, validation
 from .affinity import affinity_loss, contrast_loss
 from .options import TrainOptions
 from .outputs import start_log
@@ -104,6 +104,7 @@ class TrainingRun:
     losses: dict[str, float] = field(default_factory=dict, init=False)  # the means of the last log window
     _window: list[Tensor] = field(default_factory=list, init=False)  # per-step loss terms since the last log line
     _updating: bool = field(default=False, init=False)  # inside an optimiser update: the state is not consistent
+    batchnorm: dict[str, Any] | None = field(default=None, init=False)  # how the final BatchNorm statistics were made
 
     @property
     def main(self) -> bool:
@@ -206,6 +207,7 @@ class TrainingRun:
         completed = self.step >= opts.steps
         result = None
         if completed:
+            self.batchnorm = self._reestimate_batchnorm()
             result = self._validate()
             if self.main:
                 save_upsampler(self.learner.model, self.out, backbone=self.backbone,
@@ -255,6 +257,29 @@ class TrainingRun:
             if weight > 0:
                 terms["loss"] = terms["loss"] + weight * structure[name]
         return terms
+
+    def _reestimate_batchnorm(self) -> dict[str, Any] | None:
+        """The model's BatchNorm statistics over ``bn_batches`` clean batches of training samples (the 224 view
+        and its features; :func:`wrcli.training.batchnorm.reestimate`), drawn with their own seed, the same on
+        every rank; what the provenance records of it."""
+        opts = self.opts
+        if not opts.bn_batches:
+            return None
+        generator = torch.Generator().manual_seed(recipe.mix_seed(opts.seed, "batchnorm"))
+
+        def batches() -> Iterator[tuple[Tensor, Tensor]]:
+            for n in range(opts.bn_batches):
+                picks = torch.randint(len(self.images.train), (opts.batch_size,), generator=generator).tolist()
+                samples = [self.sources.samples[(i, recipe.mix_seed(opts.seed, "batchnorm", n, k))] for k, i in enumerate(picks)]
+                lr = torch.stack([s["lr"] for s in samples]).to(self.device)
+                with autocast(self.device, self.precision), torch.no_grad():
+                    feats = (torch.stack([s["lr_feats"] for s in samples]).to(self.device) if "lr_feats" in samples[0]
+                             else self.backbone(self.backbone.normalize(lr)).float())
+                yield feats, self.backbone.normalize(lr)
+
+        with autocast(self.device, self.precision):
+            seen = batchnorm.reestimate(self.learner.model, batches())
+        return {"reestimated_over_batches": seen, "batch": opts.batch_size, "inputs": "clean training samples"}
 
     def _stop_everywhere(self, requested: bool) -> bool:
         """Whether any process was asked to stop (all must stop at the same step)."""
@@ -319,7 +344,7 @@ class TrainingRun:
             "backbone": self.identity, "steps": self.step, "seconds": seconds, "device": device,
             "precision": self.precision,
             "processes": self.rank.world, "torch": torch.__version__, "timm": timm.__version__,
-            "final_losses": self.losses, "validation": result,
+            "final_losses": self.losses, "batchnorm": self.batchnorm, "validation": result,
         }
 
 

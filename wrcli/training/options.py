@@ -63,6 +63,8 @@ class TrainOptions:
     stop_after: int | None = None  # stop at this step (saving the training state) to continue later with resume
     cache: str | None = None  # folder of precomputed backbone outputs (built on first use): no backbone in the loop
     cache_variants: int = 8  # random crop sets cached per image (each: `crops` local crops and their features)
+    bn_batches: int = 200  # at the end: BatchNorm statistics re-estimated over this many clean batches (0: keep the
+    # running averages of training; wrcli.training.batchnorm)
     progress: bool = True  # progress bar (periodic lines when stderr is not a terminal) and loss lines (logger INFO)
 
     def __post_init__(self) -> None:
@@ -82,7 +84,7 @@ class TrainOptions:
 def _check(opts: TrainOptions) -> None:
     positive = ("steps", "batch_size", "crops", "cache_variants", "log_every", "checkpoint_every")
     bad = [f"{k}={getattr(opts, k)}" for k in positive if getattr(opts, k) < 1]
-    bad += [f"{k}={getattr(opts, k)}" for k in ("warmup", "val_every", "workers") if getattr(opts, k) < 0]
+    bad += [f"{k}={getattr(opts, k)}" for k in ("warmup", "val_every", "workers", "bn_batches") if getattr(opts, k) < 0]
     if opts.lr <= 0 or min(opts.weight_decay, opts.down_weight, opts.aug_weight, opts.affinity_weight,
                                 opts.contrast_weight) < 0:
         bad.append("lr > 0 and non-negative weight_decay, down_weight, aug_weight, affinity_weight, contrast_weight are needed")
