@@ -495,7 +495,7 @@ def _open(opts: BenchOptions, plan: Plan, log: Callable[[str], None]) -> tuple[S
     uses = [c for c in plan.cases if c in BACKEND_CASES]
     backends, skipped = runnable_backends(plan.backends, device, uses) if uses else ([], [])
     for note in skipped:
-        log(f"bench: skipping the {note['backend']} solve backend: {note['reason']}")
+        log(f"bench: skipping the {note['backend']} backend: {note['reason']}")
     needs_models = bool({"upsampler", "pipeline"} & set(plan.cases))
     session = open_session(names if needs_models else None, backbone=opts.backbone, weights=opts.backbone_weights,
                            device=str(device))

@@ -104,7 +104,7 @@ class TrainingRun:
     losses: dict[str, float] = field(default_factory=dict, init=False)  # the means of the last log window
     _window: list[Tensor] = field(default_factory=list, init=False)  # per-step loss terms since the last log line
     _updating: bool = field(default=False, init=False)  # inside an optimiser update: the state is not consistent
-    batchnorm: dict[str, Any] | None = field(default=None, init=False)  # how the final BatchNorm statistics were made
+    final_batchnorm: dict[str, Any] | None = field(default=None, init=False)  # how the final BatchNorm statistics were made
 
     @property
     def main(self) -> bool:
@@ -207,7 +207,7 @@ class TrainingRun:
         completed = self.step >= opts.steps
         result = None
         if completed:
-            self.batchnorm = self._reestimate_batchnorm()
+            self.final_batchnorm = self._reestimate_batchnorm()
             result = self._validate()
             if self.main:
                 save_upsampler(self.learner.model, self.out, backbone=self.backbone,
@@ -344,7 +344,7 @@ class TrainingRun:
             "backbone": self.identity, "steps": self.step, "seconds": seconds, "device": device,
             "precision": self.precision,
             "processes": self.rank.world, "torch": torch.__version__, "timm": timm.__version__,
-            "final_losses": self.losses, "batchnorm": self.batchnorm, "validation": result,
+            "final_losses": self.losses, "batchnorm": self.final_batchnorm, "validation": result,
         }
 
 
