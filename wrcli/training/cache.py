@@ -1,6 +1,9 @@
 """The feature cache: the frozen backbone's outputs per image, computed once, for CPU training.
 
-One float16 safetensors file per image and role, ``DIR/ab/<image sha256>.<role>.safetensors``:
+One float16 safetensors file per image and role, ``DIR/ab/<image sha256>.val.safetensors`` and
+``DIR/ab/<image sha256>.train<V>.safetensors`` for V cached crop sets (so caches with other counts live side by
+side; a train entry written before the count was in its name, ``….train.safetensors``, is adopted by
+:func:`prepare` when its key matches):
 
 - role ``train``: ``lr`` (uint8 low-res view, for guidance and on-the-fly augmentation), ``lr_feats``,
   ``down_feats`` (targets of the down term) and ``variants`` crop sets ``crops.<v>`` (K crop features) with
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -59,8 +62,19 @@ def entry(root: str | os.PathLike, image_path: str, image_sha256: str, role: str
         fields.update(crops=crops, variants=variants)
     else:
         fields.update(targets=["hr_feats", "tile_feats"])
-    path = Path(root) / image_sha256[:2] / f"{image_sha256}.{role}.safetensors"
+    name = f"{image_sha256}.train{variants}" if role == "train" else f"{image_sha256}.{role}"
+    path = Path(root) / image_sha256[:2] / f"{name}.safetensors"
     return Entry(path, json.dumps(fields, sort_keys=True), image_path, image_sha256, role)
+
+
+def adopt_legacy(e: Entry) -> bool:
+    """Move a train entry from its older name ``<sha256>.train.safetensors`` (no crop-set count) to ``e.path``
+    when that file carries ``e``'s key and ``e.path`` does not exist yet; whether it did."""
+    legacy = e.path.with_name(f"{e.image_sha256}.train.safetensors")
+    if e.role != "train" or e.path.exists() or not is_valid(replace(e, path=legacy)):
+        return False
+    os.replace(legacy, e.path)
+    return True
 
 
 def is_valid(e: Entry) -> bool:
@@ -121,7 +135,7 @@ def prepare(root: str | os.PathLike, images: ImageSplit, backbone: Backbone, dev
     train = [entry(root, i.path, i.sha256, "train", **common) for i in images.train]
     val = [entry(root, i.path, i.sha256, "val", **common) for i in images.val]
     everything = train + val
-    mine = [e for n, e in enumerate(everything) if n % rank.world == rank.rank and not is_valid(e)]
+    mine = [e for n, e in enumerate(everything) if n % rank.world == rank.rank and not adopt_legacy(e) and not is_valid(e)]
     build(mine, backbone, device, size=size, crops=crops, variants=variants, workers=workers, progress=progress,
           precision=precision)
     if rank.world > 1:
