@@ -65,7 +65,7 @@ def main() -> None:
                                           size=args.size, crops=args.crops, variants=args.cache_variants)
                       for i in images if data.held_out(i.name, args.val) == (role == "val")]
                for role in ("train", "val")}
-    missing = [e.image_path for es in entries.values() for e in es if not feature_cache.is_valid(e)]
+    missing = [e.image_path for es in entries.values() for e in es if not feature_cache.ready(e)]
     if missing:
         raise SystemExit(f"{len(missing)} cache entries missing or stale (e.g. {missing[0]}): build them with wrc train --cache")
 

@@ -51,7 +51,7 @@ def main() -> None:
     def entries(group, role, crops, variants):
         found = [feature_cache.entry(args.cache, i.path, file_sha256(i.path), role, identity=identity,
                                      size=opts.size, crops=crops, variants=variants) for i in group]
-        missing = [e.image_path for e in found if not feature_cache.is_valid(e)]
+        missing = [e.image_path for e in found if not feature_cache.ready(e)]
         if missing:
             raise SystemExit(f"{len(missing)} {role} entries missing from {args.cache}, e.g. {missing[0]}")
         return found

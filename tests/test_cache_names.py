@@ -39,3 +39,6 @@ def test_an_entry_under_the_older_name_is_adopted_only_when_its_key_matches(tmp_
     write(legacy, four.key)
     assert not cache.adopt_legacy(four)  # the new name exists already: nothing is replaced
     assert not cache.adopt_legacy(entry(tmp_path, 0, "val"))
+    legacy.unlink()
+    write(legacy, eight.key)
+    assert cache.ready(eight) and not legacy.exists()  # what training and the benchmarks check

@@ -77,6 +77,11 @@ def adopt_legacy(e: Entry) -> bool:
     return True
 
 
+def ready(e: Entry) -> bool:
+    """Whether ``e`` can be read as it is, after adopting it from its older name (:func:`adopt_legacy`)."""
+    return adopt_legacy(e) or is_valid(e)
+
+
 def is_valid(e: Entry) -> bool:
     """Whether the entry's file exists, reads, and carries the expected key."""
     try:
@@ -135,7 +140,7 @@ def prepare(root: str | os.PathLike, images: ImageSplit, backbone: Backbone, dev
     train = [entry(root, i.path, i.sha256, "train", **common) for i in images.train]
     val = [entry(root, i.path, i.sha256, "val", **common) for i in images.val]
     everything = train + val
-    mine = [e for n, e in enumerate(everything) if n % rank.world == rank.rank and not adopt_legacy(e) and not is_valid(e)]
+    mine = [e for n, e in enumerate(everything) if n % rank.world == rank.rank and not ready(e)]
     build(mine, backbone, device, size=size, crops=crops, variants=variants, workers=workers, progress=progress,
           precision=precision)
     if rank.world > 1:
