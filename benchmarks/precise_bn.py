@@ -22,6 +22,7 @@ from wrcli.session import open_session
 from wrcli.training import cache as feature_cache
 from wrcli.training import batchnorm, data, validation
 from wrcli.training.options import TrainOptions
+from wrcli.training.samples import CachedSamples
 from wrcli.training.targets import backbone_identity
 
 
@@ -62,13 +63,9 @@ def main() -> None:
     before = validation.validate(model, backbone.normalize, val_sample, len(held), device, batch=4)
     print("before:", validation.describe(before))
 
-    gen = torch.Generator().manual_seed(args.seed)
-    batches = []
-    for _ in range(args.batches):
-        picks = torch.randint(len(train_entries), (args.batch,), generator=gen).tolist()
-        samples = [feature_cache.read_train_entry(train_entries[i].path, 0) for i in picks]
-        batches.append((torch.stack([s["lr_feats"] for s in samples]),
-                        backbone.normalize(torch.stack([s["lr"] for s in samples]))))
+    samples = CachedSamples([e.path for e in train_entries], args.cache_variants)
+    batches = [(torch.stack([s["lr_feats"] for s in drawn]), backbone.normalize(torch.stack([s["lr"] for s in drawn])))
+               for drawn in batchnorm.sample_batches(samples, len(train_entries), args.batches, args.batch, args.seed)]
     start = time.monotonic()
     batchnorm.reestimate(model, batches)
     seconds = time.monotonic() - start
@@ -76,8 +73,8 @@ def main() -> None:
     print(f"after re-estimating on {args.batches} batches of {args.batch} ({seconds:.0f} s):", validation.describe(after))
     if args.out:
         provenance = dict(model.provenance or {})
-        provenance["batchnorm"] = {"reestimated_over_batches": args.batches, "batch": args.batch, "seed": args.seed,
-                                   "from": args.checkpoint}
+        provenance["batchnorm"] = {"reestimated_over_batches": args.batches, "batch": args.batch,
+                                   "inputs": "clean training samples", "seed": args.seed, "from": args.checkpoint}
         save_upsampler(model, args.out, provenance=provenance)
     if args.json:
         write_report(args.json, {"checkpoint": args.checkpoint, "batches": args.batches, "batch": args.batch,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from wrcli.training.batchnorm import reestimate
+from wrcli.training.batchnorm import reestimate, sample_batches
 
 
 class Net(nn.Module):
@@ -86,5 +86,21 @@ def test_no_batch_or_a_failing_batch_leaves_the_statistics_as_they_were():
 
 
 def test_a_model_without_batchnorm_is_untouched():
-    net = nn.Sequential(nn.Conv2d(3, 2, 1))
+    net = nn.Sequential(nn.Conv2d(3, 2, 1)).eval()
+    before = copy.deepcopy(net.state_dict())
     assert reestimate(net, [(torch.randn(1, 3, 4, 4),)]) == 0
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items()) and not net.training
+
+
+def test_sample_batches_are_a_function_of_the_seed():
+    drawn = lambda seed: list(sample_batches(Items(), 10, 3, 4, seed))
+    first = drawn(5)
+    assert first == drawn(5) and first != drawn(6)
+    assert [len(b) for b in first] == [4, 4, 4] and all(0 <= i < 10 for b in first for i, _ in b)
+
+
+class Items:
+    """A dataset that returns its items: (index, sample seed)."""
+
+    def __getitem__(self, item):
+        return item

@@ -8,10 +8,14 @@ statistics over clean batches, the inputs the model sees at inference.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from . import recipe
 
 
 def reestimate(model: nn.Module, batches: Iterable[tuple[Tensor, ...]]) -> int:
@@ -47,3 +51,13 @@ def reestimate(model: nn.Module, batches: Iterable[tuple[Tensor, ...]]) -> int:
                 m.num_batches_tracked.copy_(tracked)
         model.train(was_training)
     return count
+
+
+def sample_batches(samples: Dataset, count: int, batches: int, batch: int, seed: int) -> Iterator[list[dict[str, Any]]]:
+    """``batches`` lists of ``batch`` training samples, items (index, seed) of ``samples`` with indices drawn
+    uniformly with replacement from [0, ``count``): the clean inputs :func:`reestimate` averages over (a sample's
+    ``lr`` view and, from a cache, its ``lr_feats``). A pure function of ``seed``."""
+    generator = torch.Generator().manual_seed(recipe.mix_seed(seed, "batchnorm"))
+    for n in range(batches):
+        picks = torch.randint(count, (batch,), generator=generator).tolist()
+        yield [samples[(i, recipe.mix_seed(seed, "batchnorm", n, k))] for k, i in enumerate(picks)]

@@ -26,7 +26,7 @@ from wrcli.progress import Progress
 from wrcli.reports import command_line
 from wrcli.runtime import Rank
 
-from . import batchnorm, data, recipe, validation
+from . import batchnorm, data, validation
 from .affinity import affinity_loss, contrast_loss
 from .options import TrainOptions
 from .outputs import start_log
@@ -265,12 +265,9 @@ class TrainingRun:
         opts = self.opts
         if not opts.bn_batches:
             return None
-        generator = torch.Generator().manual_seed(recipe.mix_seed(opts.seed, "batchnorm"))
-
         def batches() -> Iterator[tuple[Tensor, Tensor]]:
-            for n in range(opts.bn_batches):
-                picks = torch.randint(len(self.images.train), (opts.batch_size,), generator=generator).tolist()
-                samples = [self.sources.samples[(i, recipe.mix_seed(opts.seed, "batchnorm", n, k))] for k, i in enumerate(picks)]
+            for samples in batchnorm.sample_batches(self.sources.samples, len(self.images.train), opts.bn_batches,
+                                                    opts.batch_size, opts.seed):
                 lr = torch.stack([s["lr"] for s in samples]).to(self.device)
                 with autocast(self.device, self.precision), torch.no_grad():
                     feats = (torch.stack([s["lr_feats"] for s in samples]).to(self.device) if "lr_feats" in samples[0]
