@@ -248,6 +248,30 @@ def test_the_final_batchnorm_statistics_come_from_clean_batches(setup, tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cached", [False, True], ids=["live", "cached"])
+def test_a_skip_map_starts_from_a_checkpoint_without_one_and_is_fitted_at_the_end(setup, tmp_path, cached):
+    """--skip-map from a checkpoint without a map (its map starts at zero); with and without the closed-form fit
+    at the end: the same weights but the map's, the fit recorded (wrcli.training.skipfit has the maths)."""
+    cache = str(tmp_path / "cache") if cached else None
+    plain, learned, fitted = (tmp_path / f"{n}.safetensors" for n in ("plain", "learned", "fitted"))
+    train(setup["images"], str(plain), options(setup, steps=2, skip=True, cache=cache))
+    for out, fit_batches in ((learned, 0), (fitted, 3)):
+        train(setup["images"], str(out), options(setup, steps=2, skip=True, skip_map=True, init=str(plain),
+                                                 cache=cache, fit_batches=fit_batches))
+    a, b = weights_of(learned), weights_of(fitted)
+    maps = sorted(k for k in a if k.startswith("skip_map."))
+    assert maps == ["skip_map.bias", "skip_map.weight"] and weights_of(plain).keys() == a.keys() - set(maps)
+    assert_bitwise_equal({k: v for k, v in a.items() if k not in maps}, {k: v for k, v in b.items() if k not in maps})
+    assert not torch.equal(a["skip_map.weight"], b["skip_map.weight"]) and a["skip_map.weight"].abs().sum() > 0
+    first, second = load_upsampler(learned), load_upsampler(fitted)
+    assert first.options["skip_map"] and first.provenance["init"]["file"] == "plain.safetensors"
+    assert first.provenance["skip_fit"] is None
+    record = second.provenance["skip_fit"]
+    assert record["samples"] == 3 * 2 and record["batches"] == 3 and record["ridge"] == 1.0
+    assert record["objective_after"] < record["objective_before"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cached", [False, True], ids=["live", "cached"])
 def test_resume_equals_uninterrupted(setup, tmp_path, cached):
     cache = str(tmp_path / "cache") if cached else None
     whole = tmp_path / "whole.safetensors"
@@ -606,9 +630,15 @@ def test_cli_recipes_flags_and_where_the_checkpoint_went(capsys, monkeypatch):
     code, err, _ = run_train_cli(["--steps", "1600"], capsys, monkeypatch, _finished)
     assert err.strip().splitlines()[-1] == ("wrc: wrote m.safetensors (1600 steps, validation full cos 0.9205 vs "
                                             "bilinear 0.9157, tiles cos 0.7469 vs bilinear 0.7063)")
-    for bad in (["--recipe", "paper"], ["--mse", "l1"]):
+    code, err, seen = run_train_cli(["--skip-map", "--fit-batches", "10", "--fit-ridge", "3"], capsys, monkeypatch,
+                                    _finished)
+    assert code == 0 and (seen[0].skip_map, seen[0].fit_batches, seen[0].fit_ridge) == (True, 10, 3.0)
+    assert run_train_cli([], capsys, monkeypatch, _finished)[2][0].skip_map is False
+    for bad in (["--recipe", "paper"], ["--mse", "l1"], ["--fit-ridge", "-1"]):
         code, err, seen = run_train_cli(bad, capsys, monkeypatch, _finished)
         assert code == cli.EXIT_USAGE and bad[0] in err and not seen
+    code, err, seen = run_train_cli(["--no-skip", "--skip-map"], capsys, monkeypatch, _finished)
+    assert code == cli.EXIT_USAGE and "skip_map needs skip" in err and not seen
 
 
 def test_cli_says_where_the_state_is_and_how_to_continue(capsys, monkeypatch):

@@ -516,6 +516,7 @@ def train_cmd(
     warmup: int = typer.Option(1000, min=0, help="Linear warm-up steps before the cosine decay (at most steps/10)."),
     solver: str = typer.Option("official", callback=_one_of(*WRC_SOLVERS), help="WRC solve: official, exact or converse."),
     skip: Optional[bool] = typer.Option(None, "--skip/--no-skip", help="Add a bilinear skip to the published network, so that it starts as bilinear (default: the recipe's)."),
+    skip_map: bool = typer.Option(False, "--skip-map", help="Pass the bilinear skip through a learned per-pixel channel map (a 1×1 convolution starting at zero; needs the skip), set in closed form at the end (--fit-batches)."),
     mse: Optional[str] = typer.Option(None, callback=_one_of(*TRAIN_MSE), help="MSE term: raw, or range (the authors', scaled by the target's per-pixel range) (default: the recipe's)."),
     backbone: BackboneName = DEFAULT_BACKBONE,
     backbone_weights: BackboneWeights = None,
@@ -535,6 +536,8 @@ def train_cmd(
     contrast_weight: Optional[float] = typer.Option(None, min=0.0, help="Weight of the contrast term: each output map's mean pairwise pixel cosine against its target's (default: the recipe's)."),
     init: Optional[str] = typer.Option(None, help="Start from this checkpoint's weights (a file, or wrc for the shipped one) with a fresh optimiser and schedule; with --resume only when there is no state yet."),
     bn_batches: int = typer.Option(200, min=0, help="At the end, re-estimate the BatchNorm statistics over this many clean training batches (0: keep training's running averages)."),
+    fit_batches: int = typer.Option(200, min=0, help="With --skip-map: at the end, set the map by ridge least squares over this many clean training batches (0: keep the learned map)."),
+    fit_ridge: float = typer.Option(1.0, min=0.0, help="Ridge of that fit per sample, towards the plain bilinear skip."),
     workers: int = typer.Option(2, min=0, help="DataLoader processes."),
     seed: int = typer.Option(0, help="Seed of initialisation, data order, crops and augmentations."),
     device: Device = "auto",
@@ -557,14 +560,18 @@ def train_cmd(
         val_spec = val
     if val_spec == 0:
         val_spec = None
-    opts = TrainOptions(
-        recipe=recipe, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-        solver=solver, skip=skip, mse=mse, backbone=backbone, backbone_weights=backbone_weights, size=size,
-        val=val_spec, val_every=val_every, log_every=log_every, log_file=log_file, checkpoint_every=checkpoint_every,
-        resume=resume, overwrite=overwrite, cache=cache, cache_variants=cache_variants, down_weight=down_weight, aug_weight=aug_weight,
-        affinity_weight=affinity_weight, contrast_weight=contrast_weight, init=init, bn_batches=bn_batches,
-        workers=workers, seed=seed, device=device, precision=precision,
-    )
+    try:
+        opts = TrainOptions(
+            recipe=recipe, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+            solver=solver, skip=skip, skip_map=skip_map, mse=mse, backbone=backbone, backbone_weights=backbone_weights, size=size,
+            val=val_spec, val_every=val_every, log_every=log_every, log_file=log_file, checkpoint_every=checkpoint_every,
+            resume=resume, overwrite=overwrite, cache=cache, cache_variants=cache_variants, down_weight=down_weight, aug_weight=aug_weight,
+            affinity_weight=affinity_weight, contrast_weight=contrast_weight, init=init, bn_batches=bn_batches,
+            fit_batches=fit_batches, fit_ridge=fit_ridge,
+            workers=workers, seed=seed, device=device, precision=precision,
+        )
+    except WrcError as exc:  # options that contradict each other: a usage error
+        raise typer.BadParameter(str(exc)) from None
     main_rank, again = current_rank().is_main, _command() + ("" if resume else " --resume")
     try:
         result = train(images, out, opts)

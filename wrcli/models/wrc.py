@@ -101,6 +101,10 @@ class WRCUpsampler(Upsampler):
     per-patch-size adapter); the size rule generalises it to any image size.
     ``skip=True`` (not in the paper) adds the bilinear ×2 of the features to the head's output and starts
     the head at zero, so an untrained model is bilinear and training learns a correction to it.
+    ``skip_map=True`` (with ``skip``) passes the skipped features through a per-pixel affine channel map first,
+    f + A·f + b (a 1×1 convolution, C→C with bias, starting at zero), the channel correction that a least-squares
+    fit can set in closed form (:mod:`wrcli.training.skipfit`). Bilinear interpolation commutes with it (its
+    weights sum to one), so it runs on the low-resolution grid.
     ``forward(features, image)``: ``image`` is the normalised backbone input. Computes in the
     parameters' dtype and returns the features' dtype.
     """
@@ -116,8 +120,12 @@ class WRCUpsampler(Upsampler):
         centre: str | None = None,
         guidance_channels: int = 32,
         skip: bool = False,
+        skip_map: bool = False,
     ) -> None:
-        super().__init__(in_channels, patch_size, centre=centre, guidance_channels=guidance_channels, skip=bool(skip))
+        if skip_map and not skip:
+            raise ValueError("skip_map=True needs skip=True: the map acts on the bilinear skip")
+        super().__init__(in_channels, patch_size, centre=centre, guidance_channels=guidance_channels, skip=bool(skip),
+                         skip_map=bool(skip_map))
         if solver not in SOLVER_NAMES:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {solver!r}")
         self.name = SOLVER_NAMES[solver]
@@ -135,6 +143,10 @@ class WRCUpsampler(Upsampler):
         if self.skip:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        if skip_map:
+            self.skip_map = conv1x1(c, c, bias=True)
+            nn.init.zeros_(self.skip_map.weight)
+            nn.init.zeros_(self.skip_map.bias)
 
     @staticmethod
     def layer_channels(in_channels: int, guidance_channels: int = 32) -> int:
@@ -154,11 +166,11 @@ class WRCUpsampler(Upsampler):
     ) -> int:
         """An over-estimate of the elements one pass holds at once: every tensor that outlives its stage (the
         input B·C·h·w, the guidance B·3·H·W, the image branch's output at H/4·W/4, g1 on (4h,4w) and (2h,2w), the
-        WRC layer's output, refine's input and the output), plus the largest stage's intermediates: the image
-        branch ~3·G·(its input: the guidance, or one tile's window of 4T + field pixels a side), the WRC
-        solve: x0 M·s(h+2p)·s(w+2p) and ~16 maps of that size per channel solved at once (:meth:`layer_chunk`;
-        the solve is global, so it is chunked over channels, never tiled), refine + head ~3·(M+G+C)·(2h·2w, or a
-        tile's window of T + field a side)."""
+        WRC layer's output, refine's input and the output; with ``skip_map`` the mapped input too), plus the largest
+        stage's intermediates: the image branch ~3·G·(its input: the guidance, or one tile's window of 4T + field
+        pixels a side), the WRC solve: x0 M·s(h+2p)·s(w+2p) and ~16 maps of that size per channel solved at once
+        (:meth:`layer_chunk`; the solve is global, so it is chunked over channels, never tiled), refine + head
+        ~3·(M+G+C)·(2h·2w, or a tile's window of T + field a side)."""
         (h, w), s, p = hw, self.wrc.scale, self.wrc.padding
         c, m, g = self.channels, self.mid_channels, self.guidance_channels
         image_layers = self._image_layers()
@@ -166,7 +178,7 @@ class WRCUpsampler(Upsampler):
         gh, gw = guide_hw or (2 * s * h, 2 * s * w)
         high = s * h * s * w
         kept = c * h * w + 3 * gh * gw + g * out_length(image_layers, gh) * out_length(image_layers, gw)
-        kept += g * 5 * high + (2 * m + g + c) * high
+        kept += g * 5 * high + (2 * m + g + c) * high + (c * h * w if hasattr(self, "skip_map") else 0)
         win_i, win_r = (max(gh, gw), max(s * h, s * w)) if tile is None else (si * tile + ki, tile + kr)
         image = 3 * g * min(gh, win_i) * min(gw, win_i)
         refine = 3 * (m + g + c) * min(s * h, win_r) * min(s * w, win_r)
@@ -218,5 +230,8 @@ class WRCUpsampler(Upsampler):
         x = torch.cat([self.wrc(x, chunk=self.layer_chunk((h, w), tile)), g1], dim=1)
         x = tiled(lambda t: self.head(self.refine(t)), x, self._refine_layers(), tile)
         if self.skip:
-            x = x + bilinear(features.to(dtype), (2 * h, 2 * w), align_corners=False)
+            skipped = features.to(dtype)
+            if hasattr(self, "skip_map"):
+                skipped = skipped + self.skip_map(skipped)
+            x = x + bilinear(skipped, (2 * h, 2 * w), align_corners=False)
         return x.to(features.dtype)

@@ -18,12 +18,12 @@ from wrcli.backbones import Backbone
 from wrcli.errors import WrcError
 from wrcli.files import file_sha256
 from wrcli.models import Upsampler, create_upsampler, load_upsampler
-from wrcli.models.wrc import SOLVER_NAMES
+from wrcli.models.wrc import SOLVER_NAMES, WRCUpsampler
 from wrcli.runtime import Rank
 from wrcli.session import Session
 
 from . import cache as feature_cache
-from . import data, validation
+from . import data, skipfit, validation
 from .loop import Learner, Sources, TrainingRun
 from .options import TrainOptions
 from .outputs import RunFiles
@@ -73,7 +73,8 @@ def build_run(images: str | Sequence[str], files: RunFiles, opts: TrainOptions, 
 
 
 def _learner(opts: TrainOptions, backbone: Backbone, device: torch.device, world: int, warmup: int) -> Learner:
-    model = create_upsampler(SOLVER_NAMES[opts.solver], backbone.channels, backbone.patch_size, skip=opts.skip)
+    model = create_upsampler(SOLVER_NAMES[opts.solver], backbone.channels, backbone.patch_size, skip=opts.skip,
+                             skip_map=opts.skip_map)
     model = model.to(device).train()
     objective = _Objective(model)
     objective = DistributedDataParallel(objective) if world > 1 else objective
@@ -85,12 +86,15 @@ def _learner(opts: TrainOptions, backbone: Backbone, device: torch.device, world
 def _initialise(model: Upsampler, init: str, backbone: Backbone) -> dict[str, Any]:
     """Load the weights (and batch-norm statistics) of checkpoint ``init`` (a file, or a name with a shipped
     checkpoint for this backbone) into the fresh ``model``: a warm start. The checkpoint must be a trained model of
-    the same network (its solver may differ: the parameters are the same); returns what the run records of it."""
+    the same network (its solver may differ: the parameters are the same; a run with a skip map may start from one
+    without, whose map starts at zero); returns what the run records of it."""
     with warnings.catch_warnings():  # a name without a checkpoint is refused below, not warned about
         warnings.simplefilter("ignore", UserWarning)
         source = load_upsampler(init, backbone)
     if source.checkpoint is None:
         raise WrcError(f"--init {init}: no trained checkpoint of that name for {backbone.name}; give a checkpoint file")
+    if hasattr(model, "skip_map") and isinstance(source, WRCUpsampler) and source.skip:
+        source = skipfit.with_skip_map(source)
     theirs, ours = source.config["options"], model.config["options"]
     if type(source) is not type(model) or theirs != ours:
         raise WrcError(f"--init {init}: {source.checkpoint.name} is a {source.name!r} upsampler with options {theirs}, "
@@ -117,6 +121,7 @@ def _fingerprint(opts: TrainOptions, identity: dict, world: int, warmup: int, sp
         "cached": opts.cache is not None,
         "cache_variants": opts.cache_variants if opts.cache is not None else None,
         "data_sha256": data.list_sha256(split.train), "precision": precision,
+        **({"skip_map": True} if opts.skip_map else {}),  # only when set: states saved before the option still match
     }
 
 

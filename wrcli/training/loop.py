@@ -26,7 +26,7 @@ from wrcli.progress import Progress
 from wrcli.reports import command_line
 from wrcli.runtime import Rank
 
-from . import batchnorm, data, validation
+from . import batchnorm, data, skipfit, validation
 from .affinity import affinity_loss, contrast_loss
 from .options import TrainOptions
 from .outputs import start_log
@@ -105,6 +105,7 @@ class TrainingRun:
     _window: list[Tensor] = field(default_factory=list, init=False)  # per-step loss terms since the last log line
     _updating: bool = field(default=False, init=False)  # inside an optimiser update: the state is not consistent
     final_batchnorm: dict[str, Any] | None = field(default=None, init=False)  # how the final BatchNorm statistics were made
+    final_skip_fit: dict[str, Any] | None = field(default=None, init=False)  # how the skip map was fitted at the end
 
     @property
     def main(self) -> bool:
@@ -208,6 +209,7 @@ class TrainingRun:
         result = None
         if completed:
             self.final_batchnorm = self._reestimate_batchnorm()
+            self.final_skip_fit = self._fit_skip_map()
             result = self._validate()
             if self.main:
                 save_upsampler(self.learner.model, self.out, backbone=self.backbone,
@@ -258,25 +260,53 @@ class TrainingRun:
                 terms["loss"] = terms["loss"] + weight * structure[name]
         return terms
 
+    def _clean_batches(self, count: int, targets: bool) -> Iterator[tuple[Tensor, ...]]:
+        """``count`` clean batches of training samples (:func:`wrcli.training.batchnorm.sample_batches`: drawn with
+        their own seed, the same on every rank): (lr features, normalised 224 view) and, with ``targets``, (down-term
+        targets, crop features (B·K,C,h,w), crop offsets (B,K,2)) too, from the cache or the backbone."""
+        opts, device, backbone = self.opts, self.device, self.backbone
+        for samples in batchnorm.sample_batches(self.sources.samples, len(self.images.train), count,
+                                                opts.batch_size, opts.seed):
+            lr = torch.stack([s["lr"] for s in samples]).to(device)
+            cached = "lr_feats" in samples[0]
+            with autocast(device, self.precision), torch.no_grad():
+                if cached:
+                    feats, crop_feats, down = (torch.stack([s[k] for s in samples]).to(device)
+                                               for k in ("lr_feats", "crop_feats", "down_feats"))
+                    crop_feats = crop_feats.flatten(0, 1)
+                elif targets:
+                    crops = torch.stack([s["crops"] for s in samples]).to(device).flatten(0, 1)
+                    feats, crop_feats, down = train_targets(backbone, lr, crops)
+                else:
+                    feats = backbone(backbone.normalize(lr)).float()
+            if not targets:
+                yield feats, backbone.normalize(lr)
+            else:
+                yield feats, backbone.normalize(lr), down, crop_feats, torch.stack([s["offsets"] for s in samples])
+
     def _reestimate_batchnorm(self) -> dict[str, Any] | None:
         """The model's BatchNorm statistics over ``bn_batches`` clean batches of training samples (the 224 view
-        and its features; :func:`wrcli.training.batchnorm.reestimate`), drawn with their own seed, the same on
-        every rank; what the provenance records of it."""
+        and its features; :func:`wrcli.training.batchnorm.reestimate`); what the provenance records of it."""
         opts = self.opts
         if not opts.bn_batches:
             return None
-        def batches() -> Iterator[tuple[Tensor, Tensor]]:
-            for samples in batchnorm.sample_batches(self.sources.samples, len(self.images.train), opts.bn_batches,
-                                                    opts.batch_size, opts.seed):
-                lr = torch.stack([s["lr"] for s in samples]).to(self.device)
-                with autocast(self.device, self.precision), torch.no_grad():
-                    feats = (torch.stack([s["lr_feats"] for s in samples]).to(self.device) if "lr_feats" in samples[0]
-                             else self.backbone(self.backbone.normalize(lr)).float())
-                yield feats, self.backbone.normalize(lr)
-
         with autocast(self.device, self.precision):
-            seen = batchnorm.reestimate(self.learner.model, batches())
+            seen = batchnorm.reestimate(self.learner.model, self._clean_batches(opts.bn_batches, targets=False))
         return {"reestimated_over_batches": seen, "batch": opts.batch_size, "inputs": "clean training samples"}
+
+    def _fit_skip_map(self) -> dict[str, Any] | None:
+        """With a skip map: set it in closed form over ``fit_batches`` clean batches of training samples, the rest of
+        the model as it ends (:func:`wrcli.training.skipfit.fit`); what the provenance records of it."""
+        opts = self.opts
+        if not (opts.skip_map and opts.fit_batches):
+            return None
+        with autocast(self.device, self.precision):
+            record = skipfit.fit(self.learner.model, self._clean_batches(opts.fit_batches, targets=True),
+                                 patch=self.backbone.patch_size, ridge=opts.fit_ridge, down_weight=opts.down_weight)
+        if self.main and opts.progress and "objective_after" in record:
+            log.info("skip map fitted over %d samples: objective %.4f -> %.4f", record["samples"],
+                     record["objective_before"], record["objective_after"])
+        return {**record, "batches": opts.fit_batches, "batch": opts.batch_size, "inputs": "clean training samples"}
 
     def _stop_everywhere(self, requested: bool) -> bool:
         """Whether any process was asked to stop (all must stop at the same step)."""
@@ -341,7 +371,8 @@ class TrainingRun:
             "backbone": self.identity, "steps": self.step, "seconds": seconds, "device": device,
             "precision": self.precision,
             "processes": self.rank.world, "torch": torch.__version__, "timm": timm.__version__,
-            "final_losses": self.losses, "batchnorm": self.final_batchnorm, "validation": result,
+            "final_losses": self.losses, "batchnorm": self.final_batchnorm, "skip_fit": self.final_skip_fit,
+            "validation": result,
         }
 
 

@@ -35,6 +35,7 @@ class TrainOptions:
     solver: str = "official"  # WRC solve: official (upsampler wrc), exact (wrc-exact) or converse (wrc-converse)
     mse: str | None = None  # MSE term of the loss: "raw" (wrcli) or "range" (published: scaled by the target's per-pixel range)
     skip: bool | None = None  # bilinear skip on the published network (wrcli: True; WRCUpsampler skip=True starts as bilinear)
+    skip_map: bool = False  # a per-pixel affine channel map on the skip (WRCUpsampler skip_map=True; needs skip)
     backbone: str = DEFAULT_BACKBONE  # frozen timm ViT whose features are upsampled
     backbone_weights: str | None = None  # .safetensors (timm layout) for the backbone; None: timm's pretrained weights
     backbone_kwargs: dict[str, Any] | None = None  # extra timm.create_model arguments (e.g. a small ViT for tests)
@@ -65,6 +66,9 @@ class TrainOptions:
     cache_variants: int = 8  # random crop sets cached per image (each: `crops` local crops and their features)
     bn_batches: int = 200  # at the end: BatchNorm statistics re-estimated over this many clean batches (0: keep the
     # running averages of training; wrcli.training.batchnorm)
+    fit_batches: int = 200  # at the end, with skip_map: the map set in closed form over this many clean batches (0: keep
+    # the learned map; wrcli.training.skipfit), after the BatchNorm statistics
+    fit_ridge: float = 1.0  # ridge of that fit per sample, towards the plain bilinear skip
     progress: bool = True  # progress bar (periodic lines when stderr is not a terminal) and loss lines (logger INFO)
 
     def __post_init__(self) -> None:
@@ -84,10 +88,14 @@ class TrainOptions:
 def _check(opts: TrainOptions) -> None:
     positive = ("steps", "batch_size", "crops", "cache_variants", "log_every", "checkpoint_every")
     bad = [f"{k}={getattr(opts, k)}" for k in positive if getattr(opts, k) < 1]
-    bad += [f"{k}={getattr(opts, k)}" for k in ("warmup", "val_every", "workers", "bn_batches") if getattr(opts, k) < 0]
+    bad += [f"{k}={getattr(opts, k)}" for k in ("warmup", "val_every", "workers", "bn_batches", "fit_batches") if getattr(opts, k) < 0]
     if opts.lr <= 0 or min(opts.weight_decay, opts.down_weight, opts.aug_weight, opts.affinity_weight,
                                 opts.contrast_weight) < 0:
         bad.append("lr > 0 and non-negative weight_decay, down_weight, aug_weight, affinity_weight, contrast_weight are needed")
+    if opts.fit_ridge < 0:
+        bad.append(f"fit_ridge={opts.fit_ridge}")
+    if opts.skip_map and not opts.skip:
+        bad.append("skip_map needs skip (--skip-map with --skip)")
     if opts.stop_after is not None and opts.stop_after < 1:
         bad.append(f"stop_after={opts.stop_after}")
     if bad:
