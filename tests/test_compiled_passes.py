@@ -28,8 +28,8 @@ def recording(monkeypatch) -> list:
     """Replace the compiler the passes use by one that records what it was asked to compile and runs eagerly."""
     asked = []
 
-    def fake(fn, dynamic=None):
-        asked.append((fn, dynamic))
+    def fake(fn, dynamic=None, any_batch=False):
+        asked.append((fn, dynamic, any_batch))
         return fn
 
     monkeypatch.setattr(base, "compiled", fake)
@@ -46,7 +46,7 @@ def test_inference_passes_are_compiled_under_the_compiled_backend_only(monkeypat
     with torch.inference_mode(), use_backend("compiled"):
         model.upsample(feats, image, scale=4)
         model.upsample(feats, image, scale=1)  # no pass to run: nothing to compile
-    assert asked == [(base.run_pass, False)]  # one compiled pass function, specialised per shape
+    assert asked == [(base.run_pass, False, True)]  # one compiled pass function, specialised per size, not batch
 
 
 def test_training_passes_stay_eager(monkeypatch):
@@ -60,13 +60,21 @@ def test_training_passes_stay_eager(monkeypatch):
 
 @pytest.mark.slow
 @needs_compiler
-def test_a_compiled_pass_equals_the_eager_one():
+def test_a_compiled_pass_equals_the_eager_one_and_batches_share_a_compile():
     """As sessions run it (BatchNorm folded, channels-last, in tiles), in float64: the compiled code evaluates the
-    same expressions, reassociated at most (~1e-15 relative); one compile."""
+    same expressions, reassociated at most (~1e-15 relative); batches of 4, 3 and 2 (as `wrc extract` cuts them at
+    shard ends) run through one compiled graph."""
+    from torch._dynamo.utils import counters
+
     model = fold_batchnorm(trained_like(create_upsampler("wrc", 16, 14)).double()).to(memory_format=torch.channels_last)
-    feats, image = inputs(torch.float64)
+    g = torch.Generator().manual_seed(3)
+    feats, image = torch.randn(4, 16, 5, 7, generator=g, dtype=torch.float64), torch.randn(4, 3, 70, 98, generator=g,
+                                                                                          dtype=torch.float64)
+    fast = base.compiled(base.run_pass, dynamic=False, any_batch=True)
+    graphs = counters["stats"]["unique_graphs"]
     with torch.inference_mode():
-        eager = base.run_pass(model, feats, image, 8)
-        fast = base.compiled(base.run_pass, dynamic=False)(model, feats, image, 8)
-    assert eager.shape == (2, 16, 10, 14)
-    torch.testing.assert_close(fast, eager, rtol=1e-10, atol=1e-10)
+        for batch in (4, 3, 2):
+            eager = base.run_pass(model, feats[:batch], image[:batch], 8)
+            assert eager.shape == (batch, 16, 10, 14)
+            torch.testing.assert_close(fast(model, feats[:batch], image[:batch], 8), eager, rtol=1e-10, atol=1e-10)
+    assert counters["stats"]["unique_graphs"] - graphs == 1

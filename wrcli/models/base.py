@@ -233,8 +233,8 @@ class Upsampler(nn.Module):
         then one bilinear resize (antialiased when shrinking) to the exact size. A target no larger
         than the input takes no pass. Interpolations go to the size in one step.
         Under the ``compiled`` backend (:mod:`wrcli.ops.backend`) each inference pass runs through
-        ``torch.compile`` (one compile per input shape, then fused elementwise work around the convolutions;
-        eager if compiling fails); training passes stay eager.
+        ``torch.compile`` (one compile per input size, for batch 1 and for any larger batch, then fused elementwise
+        work around the convolutions; eager if compiling fails); training passes stay eager.
         Memory: the budget is ``max_memory`` bytes, capped by the device's free memory
         (:func:`wrcli.models.memory.available_bytes`); models with ``tile_sizes`` run their passes in the
         largest tiles that fit it (:meth:`plan_tile`), with the same outputs to float rounding. A target whose
@@ -250,7 +250,8 @@ class Upsampler(nn.Module):
                      self.peak_bytes(features, image, target, tile), features.device, max_memory)
         x, guide = features, image if self.guided else None
         plan = list(self.passes(tuple(x.shape[-2:]), None if guide is None else tuple(guide.shape[-2:]), target))
-        step = compiled(run_pass, dynamic=False) if plan and forced() == "compiled" and not self.training else run_pass
+        use_compiled = plan and forced() == "compiled" and not self.training
+        step = compiled(run_pass, dynamic=False, any_batch=True) if use_compiled else run_pass
         for _, guide_hw in plan:
             if guide is not None and tuple(guide.shape[-2:]) != guide_hw:
                 guide = F.interpolate(guide, size=guide_hw, mode="bilinear", align_corners=False)

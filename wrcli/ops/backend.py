@@ -74,14 +74,20 @@ def use_backend(name: Backend | None) -> Iterator[None]:
 
 
 @functools.cache
-def compiled(fn: Callable[..., Any], dynamic: bool | None = None) -> Callable[..., Any]:
+def compiled(fn: Callable[..., Any], dynamic: bool | None = None, any_batch: bool = False) -> Callable[..., Any]:
     """``torch.compile(fn, dynamic=dynamic)``, falling back to ``fn`` for good (with one warning) if compiling
-    fails, e.g. without a C++ compiler or Triton. Positional arguments only."""
+    fails, e.g. without a C++ compiler or Triton. Positional arguments only. ``any_batch``: the first dimension
+    of every tensor argument may change without a recompile (``torch._dynamo.maybe_mark_dynamic``; even with
+    ``dynamic=False``, which keeps the other dimensions static): one graph for batches of 2 and more, one for 1."""
     compiled_fn = torch.compile(fn, dynamic=dynamic)
     failed: list[str] = []
 
     def call(*args):
         if not failed:
+            if any_batch:
+                for a in args:
+                    if isinstance(a, torch.Tensor) and a.dim():
+                        torch._dynamo.maybe_mark_dynamic(a, 0)
             try:
                 return compiled_fn(*args)
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
