@@ -267,22 +267,21 @@ class TrainingRun:
         opts, device, backbone = self.opts, self.device, self.backbone
         for samples in batchnorm.sample_batches(self.sources.samples, len(self.images.train), count,
                                                 opts.batch_size, opts.seed):
-            lr = torch.stack([s["lr"] for s in samples]).to(device)
-            cached = "lr_feats" in samples[0]
+            lr = _stack(samples, "lr", device)
             with autocast(device, self.precision), torch.no_grad():
-                if cached:
-                    feats, crop_feats, down = (torch.stack([s[k] for s in samples]).to(device)
-                                               for k in ("lr_feats", "crop_feats", "down_feats"))
-                    crop_feats = crop_feats.flatten(0, 1)
+                if "lr_feats" in samples[0]:  # from the cache
+                    feats = _stack(samples, "lr_feats", device)
+                    if targets:
+                        crop_feats = _stack(samples, "crop_feats", device).flatten(0, 1)
+                        down = _stack(samples, "down_feats", device)
                 elif targets:
-                    crops = torch.stack([s["crops"] for s in samples]).to(device).flatten(0, 1)
-                    feats, crop_feats, down = train_targets(backbone, lr, crops)
+                    feats, crop_feats, down = train_targets(backbone, lr, _stack(samples, "crops", device).flatten(0, 1))
                 else:
                     feats = backbone(backbone.normalize(lr)).float()
-            if not targets:
-                yield feats, backbone.normalize(lr)
+            if targets:
+                yield feats, backbone.normalize(lr), down, crop_feats, _stack(samples, "offsets", device)
             else:
-                yield feats, backbone.normalize(lr), down, crop_feats, torch.stack([s["offsets"] for s in samples])
+                yield feats, backbone.normalize(lr)
 
     def _reestimate_batchnorm(self) -> dict[str, Any] | None:
         """The model's BatchNorm statistics over ``bn_batches`` clean batches of training samples (the 224 view
@@ -374,6 +373,11 @@ class TrainingRun:
             "final_losses": self.losses, "batchnorm": self.final_batchnorm, "skip_fit": self.final_skip_fit,
             "validation": result,
         }
+
+
+def _stack(samples: list[dict[str, Tensor]], key: str, device: torch.device) -> Tensor:
+    """The samples' ``key`` tensors stacked into a batch on ``device``."""
+    return torch.stack([s[key] for s in samples]).to(device)
 
 
 def _next_batch(batches: Iterator[dict[str, Tensor]]) -> dict[str, Tensor]:
