@@ -88,7 +88,8 @@ class TrainOptions:
 def _check(opts: TrainOptions) -> None:
     positive = ("steps", "batch_size", "crops", "cache_variants", "log_every", "checkpoint_every")
     bad = [f"{k}={getattr(opts, k)}" for k in positive if getattr(opts, k) < 1]
-    bad += [f"{k}={getattr(opts, k)}" for k in ("warmup", "val_every", "workers", "bn_batches", "fit_batches") if getattr(opts, k) < 0]
+    non_negative = ("warmup", "val_every", "workers", "bn_batches", "fit_batches")
+    bad += [f"{k}={getattr(opts, k)}" for k in non_negative if getattr(opts, k) < 0]
     if opts.lr <= 0 or min(opts.weight_decay, opts.down_weight, opts.aug_weight, opts.affinity_weight,
                                 opts.contrast_weight) < 0:
         bad.append("lr > 0 and non-negative weight_decay, down_weight, aug_weight, affinity_weight, contrast_weight are needed")
