@@ -18,74 +18,47 @@ import time
 
 import torch
 
-from wrcli.files import file_sha256
 from wrcli.models import load_upsampler
 from wrcli.models.checkpoint import save_upsampler
 from wrcli.reports import write_report
-from wrcli.session import open_session
-from wrcli.training import batchnorm, data, skipfit, validation
-from wrcli.training import cache as feature_cache
+from wrcli.training import batchnorm, skipfit, validation
 from wrcli.training.options import TrainOptions
-from wrcli.training.samples import CachedSamples
-from wrcli.training.targets import backbone_identity
+
+from cached_split import add_arguments, open_split  # benchmarks/: the script's own folder
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--images", required=True, help="the training image folder (the split is held out of it)")
-    parser.add_argument("--val", type=float, default=0.1, help="held-out fraction, as given to wrc train --val")
-    parser.add_argument("--cache", required=True, help="a wrc train --cache folder with train and val entries")
-    parser.add_argument("--cache-variants", type=int, default=TrainOptions.cache_variants)
-    parser.add_argument("--weights", help="backbone weights file")
-    parser.add_argument("--batches", type=int, default=TrainOptions.fit_batches)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    add_arguments(parser, batches=TrainOptions.fit_batches)
     parser.add_argument("--ridge", type=float, nargs="+", default=[TrainOptions.fit_ridge])
     parser.add_argument("--out", help="write the model fitted with the first ridge here (provenance kept, the fit noted)")
     parser.add_argument("--json", help="write the validations here")
     args = parser.parse_args()
 
-    opts = TrainOptions()  # the size and crop count the cache was built with
-    session = open_session(None, weights=args.weights, device="cpu")
-    backbone, device = session.backbone, session.device
-    identity = backbone_identity(backbone)
-    images = data.list_images(args.images)
-    held = [i for i in images if data.held_out(i.name, args.val)]
-    train = [i for i in images if not data.held_out(i.name, args.val)]
-
-    def entries(group, role, crops, variants):
-        found = [feature_cache.entry(args.cache, i.path, file_sha256(i.path), role, identity=identity,
-                                     size=opts.size, crops=crops, variants=variants) for i in group]
-        missing = [e.image_path for e in found if not feature_cache.ready(e)]
-        if missing:
-            raise SystemExit(f"{len(missing)} {role} entries missing from {args.cache}, e.g. {missing[0]}")
-        return found
-
-    val_sample = validation.from_cache([e.path for e in entries(held, "val", 0, 0)])
-    train_entries = entries(train, "train", opts.crops, args.cache_variants)
+    split = open_split(args)
+    backbone = split.backbone
     model = skipfit.with_skip_map(load_upsampler(args.checkpoint, backbone))
     report: dict = {"checkpoint": args.checkpoint, "batches": args.batches, "batch": args.batch}
-    report["before"] = validation.validate(model, backbone.normalize, val_sample, len(held), device, batch=4)
+    report["before"] = split.validate(model)
     print("before:", validation.describe(report["before"]))
 
-    samples = CachedSamples([e.path for e in train_entries], args.cache_variants)
-
     def batches():
-        for drawn in batchnorm.sample_batches(samples, len(train_entries), args.batches, args.batch, args.seed):
+        for drawn in batchnorm.sample_batches(split.samples, split.train, args.batches, args.batch, args.seed):
             feats, lr, down, crops, offsets = (torch.stack([s[k] for s in drawn])
                                                for k in ("lr_feats", "lr", "down_feats", "crop_feats", "offsets"))
             yield feats, backbone.normalize(lr), down, crops.flatten(0, 1), offsets
 
     start = time.monotonic()
-    normal = skipfit.normal_equations(model, batches(), patch=backbone.patch_size, down_weight=opts.down_weight)
+    normal = skipfit.normal_equations(model, batches(), patch=backbone.patch_size,
+                                      down_weight=TrainOptions.down_weight)
     report["seconds"] = time.monotonic() - start
     print(f"normal equations over {normal.samples} samples ({report['seconds']:.0f} s)")
     start_theta, fitted = skipfit.theta_of(model), {}
     for ridge in args.ridge:
         theta = skipfit.solve(normal, ridge)
         skipfit.set_theta(model, theta)
-        result = validation.validate(model, backbone.normalize, val_sample, len(held), device, batch=4)
+        result = split.validate(model)
         fitted[ridge] = {"objective": normal.objective(theta) / normal.samples, "validation": result}
         print(f"ridge {ridge:g} (objective {fitted[ridge]['objective']:.4f}, before "
               f"{normal.objective(start_theta) / normal.samples:.4f}):", validation.describe(result))
@@ -95,7 +68,7 @@ def main() -> None:
         skipfit.set_theta(model, skipfit.solve(normal, ridge))
         provenance = dict(model.provenance or {})
         provenance["skip_fit"] = {"samples": normal.samples, "pixels": dict(normal.pixels), "ridge": ridge,
-                                  "down_weight": opts.down_weight, "batches": args.batches, "batch": args.batch,
+                                  "down_weight": TrainOptions.down_weight, "batches": args.batches, "batch": args.batch,
                                   "seed": args.seed, "inputs": "clean training samples (cache)",
                                   "objective_before": normal.objective(start_theta) / normal.samples,
                                   "objective_after": fitted[ridge]["objective"], "from": args.checkpoint}
