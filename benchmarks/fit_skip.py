@@ -58,20 +58,18 @@ def main() -> None:
     for ridge in args.ridge:
         theta = skipfit.solve(normal, ridge)
         skipfit.set_theta(model, theta)
-        result = split.validate(model)
-        fitted[ridge] = {"objective": normal.objective(theta) / normal.samples, "validation": result}
-        print(f"ridge {ridge:g} (objective {fitted[ridge]['objective']:.4f}, before "
-              f"{normal.objective(start_theta) / normal.samples:.4f}):", validation.describe(result))
-    report["fitted"] = {f"{r:g}": v for r, v in fitted.items()}
+        record = skipfit.summary(normal, start_theta, theta, ridge, TrainOptions.down_weight)
+        fitted[ridge] = (theta, {**record, "validation": split.validate(model)})
+        print(f"ridge {ridge:g} (objective {record['objective_after']:.4f}, before {record['objective_before']:.4f}):",
+              validation.describe(fitted[ridge][1]["validation"]))
+    report["fitted"] = {f"{r:g}": record for r, (_, record) in fitted.items()}
     if args.out:
-        ridge = args.ridge[0]
-        skipfit.set_theta(model, skipfit.solve(normal, ridge))
+        theta, record = fitted[args.ridge[0]]
+        skipfit.set_theta(model, theta)
         provenance = dict(model.provenance or {})
-        provenance["skip_fit"] = {"samples": normal.samples, "pixels": dict(normal.pixels), "ridge": ridge,
-                                  "down_weight": TrainOptions.down_weight, "batches": args.batches, "batch": args.batch,
-                                  "seed": args.seed, "inputs": "clean training samples (cache)",
-                                  "objective_before": normal.objective(start_theta) / normal.samples,
-                                  "objective_after": fitted[ridge]["objective"], "from": args.checkpoint}
+        provenance["skip_fit"] = {**{k: v for k, v in record.items() if k != "validation"}, "batches": args.batches,
+                                  "batch": args.batch, "seed": args.seed, "inputs": "clean training samples (cache)",
+                                  "from": args.checkpoint}
         save_upsampler(model, args.out, provenance=provenance)
     if args.json:
         write_report(args.json, report)

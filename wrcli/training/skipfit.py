@@ -100,7 +100,7 @@ def skip_map_of(model: nn.Module) -> nn.Conv2d:
 
 @torch.no_grad()
 def normal_equations(model: WRCUpsampler, batches: Iterable[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]], *,
-                     patch: int, down_weight: float = 1.0, local_weight: float = 1.0) -> NormalEquations:
+                     patch: int, down_weight: float = 1.0) -> NormalEquations:
     """Accumulate the normal equations over ``batches`` of (features (B,C,h,w), normalised guidance (B,3,H,W),
     down-term targets (B,C,2h,2w), crop features (B·K,C,h,w), crop offsets (B,K,2) in pixels), with the model as
     it is (eval mode: BatchNorm's running statistics, as at inference; the mode is restored)."""
@@ -117,7 +117,7 @@ def normal_equations(model: WRCUpsampler, batches: Iterable[tuple[Tensor, Tensor
             windows_rest, windows_u = crop_windows(rest, offsets, patch), crop_windows(u, offsets, patch)
             normal.add(u, down.double() - rest, down_weight / (down.shape[-2] * down.shape[-1]))
             normal.add(windows_u, crop_feats.double() - windows_rest,
-                       local_weight / (offsets.shape[1] * crop_feats.shape[-2] * crop_feats.shape[-1]))
+                       1.0 / (offsets.shape[1] * crop_feats.shape[-2] * crop_feats.shape[-1]))  # local term: weight 1
             normal.samples += feats.shape[0]
             normal.pixels["down"] += down.shape[0] * down.shape[-2] * down.shape[-1]
             normal.pixels["local"] += crop_feats.shape[0] * crop_feats.shape[-2] * crop_feats.shape[-1]
@@ -126,19 +126,27 @@ def normal_equations(model: WRCUpsampler, batches: Iterable[tuple[Tensor, Tensor
     return normal
 
 
+def summary(normal: NormalEquations, before: Tensor, after: Tensor | None, ridge: float, down_weight: float) -> dict:
+    """What a provenance records of a fit: samples, pixels, ridge, down weight and, when ``after`` (the fitted θ) is
+    given, the objective per sample at θ = ``before`` and at θ = ``after``."""
+    record = {"samples": normal.samples, "pixels": dict(normal.pixels), "ridge": ridge, "down_weight": down_weight}
+    if after is None:
+        return record
+    return {**record, "objective_before": normal.objective(before) / normal.samples,
+            "objective_after": normal.objective(after) / normal.samples}
+
+
 def fit(model: WRCUpsampler, batches: Iterable[tuple[Tensor, ...]], *, patch: int, ridge: float,
         down_weight: float = 1.0) -> dict:
-    """Set ``model``'s skip map to θ* over ``batches`` (see :func:`normal_equations`), in place; what a provenance
-    records of it: samples, pixels, ridge and the fitted objective (per sample) before and after. With no batch the
-    map is left as it was."""
+    """Set ``model``'s skip map to θ* over ``batches`` (see :func:`normal_equations`), in place; its
+    :func:`summary`. With no batch the map is left as it was (and the summary has no objective)."""
     normal = normal_equations(model, batches, patch=patch, down_weight=down_weight)
-    record = {"samples": normal.samples, "pixels": dict(normal.pixels), "ridge": ridge, "down_weight": down_weight}
+    before = theta_of(model)
     if not normal.samples:
-        return record
-    before = normal.objective(theta_of(model)) / normal.samples
+        return summary(normal, before, None, ridge, down_weight)
     theta = solve(normal, ridge)
     set_theta(model, theta)
-    return {**record, "objective_before": before, "objective_after": normal.objective(theta) / normal.samples}
+    return summary(normal, before, theta, ridge, down_weight)
 
 
 def with_skip_map(model: WRCUpsampler) -> WRCUpsampler:
