@@ -35,7 +35,8 @@ def test_upsamplers_say_which_have_a_trained_checkpoint(capsys, monkeypatch):
     code, out, _ = run_cli(["upsamplers", "--json"], capsys, monkeypatch)
     table = json.loads(out)["upsamplers"]
     assert code == 0 and table["wrc"]["checkpoint"] == "wrc_dinov2_vits14.safetensors"
-    assert table["wrc-exact"] == {**table["wrc-exact"], "learned": True, "checkpoint": None}
+    assert table["wrc-exact"]["checkpoint"] == "wrc_exact_dinov2_vits14.safetensors"
+    assert table["wrc-converse"] == {**table["wrc-converse"], "learned": True, "checkpoint": None}
     assert table["bilinear"]["learned"] is False
     code, out, _ = run_cli(["upsamplers", "--backbone", "vit_base_patch16_clip_224.openai"], capsys, monkeypatch)
     wrc = next(line for line in out.splitlines() if line.startswith("wrc "))

@@ -30,6 +30,8 @@ def test_wheel_ships_kernels_and_checkpoints(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for source in [*(REPO / "cuda").glob("*.cu"), *(REPO / "cuda").glob("*.cuh")]:
         assert f"wrcli/cuda/{source.name}" in names
+    for shipped in (REPO / "wrcli" / "checkpoints").glob("*.safetensors"):
+        assert f"wrcli/checkpoints/{shipped.name}" in names and f"wrcli/checkpoints/{shipped.stem}.md" in names
     assert "wrcli/checkpoints/wrc_dinov2_vits14.safetensors" in names
 
 

@@ -45,30 +45,42 @@ def test_a_shipped_checkpoint_is_what_the_name_loads(tmp_path, vits_weights, mon
 
 
 # ---------------------------------------------------------------------------------------------------
-# the checkpoint that ships: wrc for DINOv2 ViT-S/14
+# the checkpoints that ship for DINOv2 ViT-S/14: wrc (the default) and wrc-exact
 # ---------------------------------------------------------------------------------------------------
-def test_the_default_checkpoint_ships_and_matches_the_default_backbone(vits_weights):
-    path = shipped.shipped_checkpoint("wrc", ARCH)
-    assert path is not None and path.is_file() and path.with_suffix(".md").is_file()  # weights + model card
+SHIPS = [("wrc", "official", "wrc_dinov2_vits14.safetensors"), ("wrc-exact", "exact", "wrc_exact_dinov2_vits14.safetensors")]
+
+
+@pytest.mark.parametrize("name, solver, file", SHIPS)
+def test_the_shipped_checkpoints_match_the_default_backbone(vits_weights, name, solver, file):
+    path = shipped.shipped_checkpoint(name, ARCH)
+    assert path is not None and path.name == file and path.is_file() and path.with_suffix(".md").is_file()  # + card
     cfg = read_checkpoint_config(path)
     backbone = load_backbone(DEFAULT_BACKBONE, vits_weights)
     assert backbone.arch == ARCH and cfg["backbone"]["arch"] == ARCH
-    assert (cfg["architecture"], cfg["solver"], cfg["channels"], cfg["patch_size"]) == ("wrc", "official", 384, 14)
-    model = load_upsampler(backbone=backbone)  # no name: the default
-    assert model.name == "wrc" and model.checkpoint == path and model.skip
+    assert (cfg["architecture"], cfg["solver"], cfg["channels"], cfg["patch_size"]) == (name, solver, 384, 14)
+    model = load_upsampler(name, backbone)
+    assert model.name == name and model.solver == solver and model.checkpoint == path and model.skip
     assert all(p.dtype == torch.float32 for p in model.parameters())  # stored in float16, computed in float32
     assert cfg["provenance"]["validation"]["model"]["tiles"]["cos"] > cfg["provenance"]["validation"]["bilinear"]["tiles"]["cos"]
+    assert cfg["provenance"]["steps"] == 1600  # trained alike, so that the two solvers compare (the cards)
+
+
+def test_the_default_is_the_official_solver(vits_weights):
+    backbone = load_backbone(DEFAULT_BACKBONE, vits_weights)
+    model = load_upsampler(backbone=backbone)  # no name: the default
+    assert model.name == "wrc" and model.checkpoint == shipped.shipped_checkpoint("wrc", ARCH)
 
 
 @pytest.mark.slow
-def test_the_default_checkpoint_beats_bilinear_on_the_held_out_photos(dinov2_weights):
-    """The model card's claim, recomputed: on the 60 photos held out of training (``held_out(name, 0.1)``),
+@pytest.mark.parametrize("name", [name for name, _, _ in SHIPS])
+def test_the_shipped_checkpoints_beat_bilinear_on_the_held_out_photos(dinov2_weights, name):
+    """The model cards' claim, recomputed: on the 60 photos held out of training (``held_out(name, 0.1)``),
     the ×2 output of each 224 view against the features of the image's four 224 quadrants ("tiles")."""
     names = sorted(p.name for p in PHOTOS.glob("*.jpg") if held_out(p.name, 0.1)) if PHOTOS.is_dir() else []
     if len(names) != 60:
         pytest.skip(f"the 60 held-out photos are not at {PHOTOS}")
     backbone = load_backbone(DEFAULT_BACKBONE, dinov2_weights)
-    model = load_upsampler(backbone=backbone)
+    model = load_upsampler(name, backbone)
     sums = {"wrc": [0.0, 0.0], "bilinear": [0.0, 0.0]}
     with torch.no_grad():
         for name in names:
@@ -81,4 +93,4 @@ def test_the_default_checkpoint_beats_bilinear_on_the_held_out_photos(dinov2_wei
                 sums[key][0] += F.cosine_similarity(x, tiles, dim=1).mean().item() / len(names)
                 sums[key][1] += (x - tiles).square().mean().item() / len(names)
     (cos, mse), (cos_b, mse_b) = sums["wrc"], sums["bilinear"]
-    assert cos > cos_b + 0.02 and mse < 0.9 * mse_b, sums  # card: 0.747 vs 0.706, 2.260 vs 2.771
+    assert cos > cos_b + 0.02 and mse < 0.9 * mse_b, sums  # cards: 0.747 (wrc), 0.750 (wrc-exact) vs 0.706; 2.260, 2.226 vs 2.771

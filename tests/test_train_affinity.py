@@ -148,7 +148,7 @@ def test_init_starts_from_a_checkpoint_and_is_recorded(setup, tmp_path):
     with pytest.raises(WrcError, match=r"--init .*first.safetensors is a 'wrc' upsampler with options .*skip.*True"):
         builder._initialise(create_upsampler("wrc", backbone.channels, backbone.patch_size, skip=False), str(first), backbone)
     with pytest.raises(WrcError, match="no trained checkpoint of that name"):
-        builder._initialise(model, "wrc-exact", backbone)  # nothing ships under that name
+        builder._initialise(model, "wrc-converse", backbone)  # nothing ships under that name
     with pytest.raises(WrcError, match=r"wrc_dinov2_vits14.safetensors \(384 channels\) disagrees .* \(64 channels\)"):
         builder._initialise(model, "wrc", backbone)  # the shipped one is for ViT-S/14's 384 channels
 

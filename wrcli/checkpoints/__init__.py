@@ -1,4 +1,5 @@
-"""Checkpoints that ship inside the package: the default trained upsampler per backbone architecture.
+"""Checkpoints that ship inside the package: trained upsamplers per registry name and backbone architecture (the
+default one is ``wrc``'s).
 
 Each ``*.safetensors`` here has a model card beside it (``*.md``): the exact command, data, steps, wall
 time, hardware and validation numbers.
@@ -12,6 +13,7 @@ from pathlib import Path
 # (registry name, backbone architecture) → file in this folder
 SHIPPED: dict[tuple[str, str], str] = {
     ("wrc", "vit_small_patch14_dinov2"): "wrc_dinov2_vits14.safetensors",
+    ("wrc-exact", "vit_small_patch14_dinov2"): "wrc_exact_dinov2_vits14.safetensors",
 }
 
 
