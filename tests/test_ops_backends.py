@@ -66,20 +66,20 @@ def test_compiled_path_equals_eager(fn):
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_compile_failure_falls_back_to_eager(monkeypatch):
-    """A compiler that cannot run (here: a C++ compiler that does not exist) costs a warning, not the result."""
+def test_compile_failure_falls_back_to_eager():
+    """A compiler that cannot run (here: a C++ compiler that does not exist) costs a warning, not the result.
+    inductor's own ``config.patch`` sets it: monkeypatch's undo deleted ``cpp.cxx``, so every later compile failed."""
     from torch._inductor import config
-
-    monkeypatch.setattr(config.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(config, "fx_graph_cache", False)
-    torch._dynamo.reset()
 
     def unusual_step(x: torch.Tensor) -> torch.Tensor:
         return torch.sin(x) * 0.123 + x.square()
 
     x = torch.randn(64)
-    step = backend.compiled(unusual_step)
-    with pytest.warns(RuntimeWarning, match="torch.compile of unusual_step failed"):
-        first = step(x)
-    torch.testing.assert_close(first, unusual_step(x))
-    torch.testing.assert_close(step(x), unusual_step(x))  # later calls run eagerly without trying again
+    with config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        torch._dynamo.reset()
+        step = backend.compiled(unusual_step)
+        with pytest.warns(RuntimeWarning, match="torch.compile of unusual_step failed"):
+            first = step(x)
+        torch.testing.assert_close(first, unusual_step(x))
+        torch.testing.assert_close(step(x), unusual_step(x))  # later calls run eagerly without trying again
+    assert config.cpp.cxx != ("/nonexistent/c++",)  # restored

@@ -89,7 +89,9 @@ def compiled(fn: Callable[..., Any], dynamic: bool | None = None, any_batch: boo
                     if isinstance(a, torch.Tensor) and a.dim():
                         torch._dynamo.maybe_mark_dynamic(a, 0)
             try:
-                return compiled_fn(*args)
+                with warnings.catch_warnings():  # the FFTs' complex tensors stay eager kernels in the graph, by design
+                    warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+                    return compiled_fn(*args)
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
                 failed.append(first_line(exc) if not str(exc).strip() else f"{type(exc).__name__}: {first_line(exc)}")
                 warnings.warn(f"torch.compile of {fn.__name__} failed ({failed[0]}); running it eagerly", RuntimeWarning, stacklevel=2)

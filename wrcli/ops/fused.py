@@ -74,7 +74,7 @@ def spectral_mix(p_hat: Tensor, k_conj: Tensor, t_fwd: Tensor, t_rev: Tensor, v:
     """
     cols = p_hat.shape[-1]
     if select(v.device, v.dtype) == "compiled":
-        planes = compiled(_spectral_mix)(*(torch.view_as_real(t.resolve_conj()) for t in (p_hat, k_conj, t_fwd, t_rev)), v)
+        planes = _on("compiled", _spectral_mix)(*(torch.view_as_real(t.resolve_conj()) for t in (p_hat, k_conj, t_fwd, t_rev)), v)
         return torch.view_as_complex(planes)
     x_hat = torch.addcmul(p_hat, k_conj, t_fwd, value=-1)
     rev = torch.addcmul(p_hat, k_conj, t_rev, value=-1)
@@ -151,4 +151,6 @@ def _roll(t: Tensor, shifts: tuple[int, int]) -> Tensor:
 
 
 def _on(path: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    return compiled(fn) if path == "compiled" else fn
+    """``fn`` as ``path`` runs it: compiled, unless it is being traced already (inside a pass compiled whole, where
+    the compiler inlines it into the enclosing graph), or eager."""
+    return compiled(fn) if path == "compiled" and not torch.compiler.is_compiling() else fn
