@@ -3,6 +3,7 @@ WRC as one module whose output is that of the two parts called by hand."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from wrcli.backbones import load_backbone
@@ -33,3 +34,12 @@ def test_hub_entry_reads_the_weights_from_the_environment_and_can_be_untrained(v
     assert model.backbone.weights_sha256 == load_backbone(ARCH, vits_weights).weights_sha256
     fresh = torch.hub.load(str(REPO), "wrc_dinov2_vits14", source="local", pretrained=False, trust_repo=True)
     assert fresh.backbone.weights_sha256 is None and fresh.upsampler.checkpoint is None
+
+
+def test_hub_entry_loads_the_exact_solver_checkpoint_on_request(vits_weights):
+    model = torch.hub.load(str(REPO), "wrc_dinov2_vits14", source="local", weights=str(vits_weights),
+                           upsampler="wrc-exact", trust_repo=True)
+    assert model.upsampler.solver == "exact" and model.upsampler.checkpoint.name == "wrc_exact_dinov2_vits14.safetensors"
+    with pytest.raises(ValueError, match="'wrc' or 'wrc-exact'"):
+        torch.hub.load(str(REPO), "wrc_dinov2_vits14", source="local", weights=str(vits_weights), upsampler="bilinear",
+                       trust_repo=True)

@@ -39,15 +39,19 @@ class DenseFeatures(nn.Module):
 
 
 def wrc_dinov2_vits14(pretrained: bool = True, weights: str | os.PathLike | None = None, scale: int = 2,
-                      device: str | torch.device = "cpu", **backbone_kwargs: Any) -> DenseFeatures:
+                      device: str | torch.device = "cpu", upsampler: str = "wrc", **backbone_kwargs: Any) -> DenseFeatures:
     """DINOv2 ViT-S/14 (frozen) and the WRC upsampler trained for it, which ships with wrcli.
 
     pretrained: the backbone's weights (``weights``, else the file ``$WRC_BACKBONE_WEIGHTS`` names, else timm's
-        model hub) and the shipped WRC checkpoint; False: a random backbone and an untrained WRC.
+        model hub) and the shipped checkpoint; False: a random backbone and an untrained upsampler.
     scale: the default upsampling factor of ``model(images)`` (×2 is one pass of the network; 4 and 8 repeat it).
+    upsampler: ``wrc`` (the default checkpoint) or ``wrc-exact`` (the one trained with the exact weighted solve),
+        which both ship for this backbone.
     """
+    if upsampler not in ("wrc", "wrc-exact"):
+        raise ValueError(f"upsampler must be 'wrc' or 'wrc-exact' (the checkpoints shipped for this backbone), got {upsampler!r}")
     weights = weights or (os.environ.get("WRC_BACKBONE_WEIGHTS") if pretrained else None)
     backbone = load_backbone("vit_small_patch14_dinov2.lvd142m", weights, pretrained=pretrained, **backbone_kwargs)
-    upsampler = load_upsampler("wrc", backbone) if pretrained else create_upsampler("wrc", backbone.channels,
+    model = load_upsampler(upsampler, backbone) if pretrained else create_upsampler(upsampler, backbone.channels,
                                                                                      backbone.patch_size)
-    return DenseFeatures(backbone, upsampler, scale).to(device)
+    return DenseFeatures(backbone, model, scale).to(device)
