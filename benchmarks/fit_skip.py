@@ -58,7 +58,7 @@ def main() -> None:
     for ridge in args.ridge:
         theta = skipfit.solve(normal, ridge)
         skipfit.set_theta(model, theta)
-        record = skipfit.summary(normal, start_theta, theta, ridge, TrainOptions.down_weight)
+        record = skipfit.summary(normal, ridge, TrainOptions.down_weight, (start_theta, theta))
         fitted[ridge] = (theta, {**record, "validation": split.validate(model)})
         print(f"ridge {ridge:g} (objective {record['objective_after']:.4f}, before {record['objective_before']:.4f}):",
               validation.describe(fitted[ridge][1]["validation"]))

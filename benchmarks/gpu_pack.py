@@ -31,9 +31,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save
 
-from wrcli.data.sources import is_image_name
 from wrcli.files import file_sha256
-from wrcli.training.data import ImageRef, decode, held_out
+from wrcli.training.data import ImageRef, decode, held_out, list_images
 
 MIB = 2**20
 WEIGHTS_FILE = "backbone.bf16.xz"
@@ -63,14 +62,14 @@ def bf16_file(weights: Path) -> bytes:
     return save({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(weights).items()})
 
 
-def training_images(photos: Path, val: float) -> list[Path]:
-    """The photos ``wrc train IMAGES --val VAL`` trains on, by name."""
-    return sorted(p for p in photos.iterdir() if p.is_file() and is_image_name(p.name) and not held_out(p.name, val))
+def training_images(photos: str, val: float) -> list[ImageRef]:
+    """The images ``wrc train PHOTOS --val VAL`` trains on (its own listing and split)."""
+    return [image for image in list_images(photos) if not held_out(image.name, val)]
 
 
-def encoded(path: Path, size: int, patch: int, quality: int) -> bytes:
-    """The size×size training image of ``path`` as a JPEG of ``quality``."""
-    pixels = decode(ImageRef(path.name, str(path)), size, patch).permute(1, 2, 0).numpy()
+def encoded(image: ImageRef, size: int, patch: int, quality: int) -> bytes:
+    """The size×size training image of ``image`` as a JPEG of ``quality``."""
+    pixels = decode(image, size, patch).permute(1, 2, 0).numpy()
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="JPEG", quality=quality)
     return out.getvalue()
@@ -89,12 +88,13 @@ def pack(args: argparse.Namespace) -> dict:
         raise SystemExit(f"gpu_pack: {out} is not empty; remove it first")
     weights = bf16_file(Path(args.weights))
     packed_weights = lzma.compress(shuffled(weights), preset=9)
-    images = training_images(Path(args.photos), args.val)
+    images = training_images(args.photos, args.val)
     if not images:
         raise SystemExit(f"gpu_pack: no training images in {args.photos}")
-    room = args.budget * MIB - tree_bytes(Path(args.repo)) - len(packed_weights) - args.margin * MIB
+    tree = tree_bytes(Path(args.repo))
+    room = args.budget * MIB - tree - len(packed_weights) - args.margin * MIB
     for quality in sorted(args.quality, reverse=True):
-        files = {p.with_suffix(".jpg").name: encoded(p, args.size, args.patch, quality) for p in images}
+        files = {str(Path(i.name).with_suffix(".jpg")): encoded(i, args.size, args.patch, quality) for i in images}
         total = sum(map(len, files.values()))
         if total <= room:
             break
@@ -107,6 +107,7 @@ def pack(args: argparse.Namespace) -> dict:
     (out / "photos").mkdir(parents=True, exist_ok=True)
     (out / WEIGHTS_FILE).write_bytes(packed_weights)
     for name, blob in files.items():
+        (out / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
         (out / "photos" / name).write_bytes(blob)
     manifest = {
         "weights": {"source": str(args.weights), "source_sha256": file_sha256(args.weights),
@@ -114,9 +115,9 @@ def pack(args: argparse.Namespace) -> dict:
                     "packed_bytes": len(packed_weights)},
         "photos": {"source": str(args.photos), "val": args.val, "size": args.size, "patch": args.patch,
                    "quality": quality, "count": len(files), "bytes": total,
-                   "files": {n: {"from": p.name, "source_sha256": file_sha256(p), "sha256": hashlib.sha256(files[n]).hexdigest()}
-                             for n, p in zip(files, images)}},
-        "tree_bytes": tree_bytes(Path(args.repo)),
+                   "files": {n: {"from": i.name, "source_sha256": file_sha256(i.path), "sha256": hashlib.sha256(files[n]).hexdigest()}
+                             for n, i in zip(files, images)}},
+        "tree_bytes": tree,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest

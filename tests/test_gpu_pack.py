@@ -4,6 +4,7 @@ exactly the training split as wrc train decodes it, and fits the budget or is re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -69,7 +70,10 @@ def test_pack_then_unpack(tmp_path):
     back = load_file(tmp_path / "back.safetensors")
     assert back.keys() == tensors.keys()
     assert all(back[k].dtype == torch.bfloat16 and torch.equal(back[k], v.to(torch.bfloat16)) for k, v in tensors.items())
-    json.loads((out / "manifest.json").read_text())  # what unpack checked the weights against
+    record = json.loads((out / "manifest.json").read_text())  # what unpack checks against, and where each photo came from
+    assert record["weights"]["bf16_sha256"] == hashlib.sha256((tmp_path / "back.safetensors").read_bytes()).hexdigest()
+    assert {n: (f["from"], f["sha256"]) for n, f in record["photos"]["files"].items()} == {
+        p.name: (p.name, hashlib.sha256((out / "photos" / p.name).read_bytes()).hexdigest()) for p in train}
 
 
 def test_a_pack_that_cannot_fit_is_refused(tmp_path):

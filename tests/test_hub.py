@@ -40,6 +40,6 @@ def test_hub_entry_loads_the_exact_solver_checkpoint_on_request(vits_weights):
     model = torch.hub.load(str(REPO), "wrc_dinov2_vits14", source="local", weights=str(vits_weights),
                            upsampler="wrc-exact", trust_repo=True)
     assert model.upsampler.solver == "exact" and model.upsampler.checkpoint.name == "wrc_exact_dinov2_vits14.safetensors"
-    with pytest.raises(ValueError, match="'wrc' or 'wrc-exact'"):
+    with pytest.raises(ValueError, match="one of 'wrc', 'wrc-exact' .*got 'bilinear'"):
         torch.hub.load(str(REPO), "wrc_dinov2_vits14", source="local", weights=str(vits_weights), upsampler="bilinear",
                        trust_repo=True)

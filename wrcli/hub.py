@@ -12,10 +12,14 @@ import os
 from typing import Any
 
 import torch
+from timm.models import split_model_name_tag
 from torch import Tensor, nn
 
 from wrcli.backbones import Backbone, load_backbone
+from wrcli.checkpoints import SHIPPED
 from wrcli.models import Upsampler, create_upsampler, load_upsampler
+
+DINOV2_VITS14 = "vit_small_patch14_dinov2.lvd142m"  # this entry's backbone, whatever the default
 
 
 class DenseFeatures(nn.Module):
@@ -45,13 +49,16 @@ def wrc_dinov2_vits14(pretrained: bool = True, weights: str | os.PathLike | None
     pretrained: the backbone's weights (``weights``, else the file ``$WRC_BACKBONE_WEIGHTS`` names, else timm's
         model hub) and the shipped checkpoint; False: a random backbone and an untrained upsampler.
     scale: the default upsampling factor of ``model(images)`` (×2 is one pass of the network; 4 and 8 repeat it).
-    upsampler: ``wrc`` (the default checkpoint) or ``wrc-exact`` (the one trained with the exact weighted solve),
-        which both ship for this backbone.
+    upsampler: a name with a checkpoint shipped for this backbone: ``wrc`` (the default) or ``wrc-exact`` (trained
+        with the exact weighted solve).
     """
-    if upsampler not in ("wrc", "wrc-exact"):
-        raise ValueError(f"upsampler must be 'wrc' or 'wrc-exact' (the checkpoints shipped for this backbone), got {upsampler!r}")
+    arch, _ = split_model_name_tag(DINOV2_VITS14)
+    names = [name for name, shipped_for in SHIPPED if shipped_for == arch]
+    if upsampler not in names:
+        raise ValueError(f"upsampler must be one of {', '.join(map(repr, names))} (the checkpoints shipped for this "
+                         f"backbone), got {upsampler!r}")
     weights = weights or (os.environ.get("WRC_BACKBONE_WEIGHTS") if pretrained else None)
-    backbone = load_backbone("vit_small_patch14_dinov2.lvd142m", weights, pretrained=pretrained, **backbone_kwargs)
+    backbone = load_backbone(DINOV2_VITS14, weights, pretrained=pretrained, **backbone_kwargs)
     model = load_upsampler(upsampler, backbone) if pretrained else create_upsampler(upsampler, backbone.channels,
                                                                                      backbone.patch_size)
     return DenseFeatures(backbone, model, scale).to(device)

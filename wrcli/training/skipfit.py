@@ -126,12 +126,13 @@ def normal_equations(model: WRCUpsampler, batches: Iterable[tuple[Tensor, Tensor
     return normal
 
 
-def summary(normal: NormalEquations, before: Tensor, after: Tensor | None, ridge: float, down_weight: float) -> dict:
-    """What a provenance records of a fit: samples, pixels, ridge, down weight and, when ``after`` (the fitted θ) is
-    given, the objective per sample at θ = ``before`` and at θ = ``after``."""
+def summary(normal: NormalEquations, ridge: float, down_weight: float, fitted: tuple[Tensor, Tensor] | None = None) -> dict:
+    """What a provenance records of a fit: samples, pixels, ridge, down weight and, for ``fitted`` = (θ before, θ
+    after), the objective per sample at each."""
     record = {"samples": normal.samples, "pixels": dict(normal.pixels), "ridge": ridge, "down_weight": down_weight}
-    if after is None:
+    if fitted is None:
         return record
+    before, after = fitted
     return {**record, "objective_before": normal.objective(before) / normal.samples,
             "objective_after": normal.objective(after) / normal.samples}
 
@@ -141,12 +142,11 @@ def fit(model: WRCUpsampler, batches: Iterable[tuple[Tensor, ...]], *, patch: in
     """Set ``model``'s skip map to θ* over ``batches`` (see :func:`normal_equations`), in place; its
     :func:`summary`. With no batch the map is left as it was (and the summary has no objective)."""
     normal = normal_equations(model, batches, patch=patch, down_weight=down_weight)
-    before = theta_of(model)
     if not normal.samples:
-        return summary(normal, before, None, ridge, down_weight)
-    theta = solve(normal, ridge)
+        return summary(normal, ridge, down_weight)
+    before, theta = theta_of(model), solve(normal, ridge)
     set_theta(model, theta)
-    return summary(normal, before, theta, ridge, down_weight)
+    return summary(normal, ridge, down_weight, (before, theta))
 
 
 def with_skip_map(model: WRCUpsampler) -> WRCUpsampler:
